@@ -1,0 +1,1 @@
+"""The evaluator: WVS survey data, prompts, alignment metrics and reports."""
