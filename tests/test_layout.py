@@ -55,4 +55,5 @@ def test_no_generic_top_level_name_is_importable_from_the_root() -> None:
         assert generic not in loaded
     for package in PACKAGES.values():
         module = __import__(package)
+        assert module.__file__ is not None
         assert Path(module.__file__).resolve().parent.parent.name in PACKAGES
