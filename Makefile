@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml requirements/smol.txt
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/cvs-eval demo
+	$(BIN)/cvs-data baselines --study
 
 test: $(STAMP)
 	$(PY) -m pytest -q
