@@ -7,6 +7,8 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.spatial.distance import jensenshannon
+
 from cvs_evaluator.aggregate import (
     ALL_SECTIONS,
     bootstrap_section_means,
@@ -16,7 +18,6 @@ from cvs_evaluator.aggregate import (
     question_similarities,
     section_means,
 )
-from scipy.spatial.distance import jensenshannon
 
 SECTION_OF = {"Q1": "S1", "Q2": "S1", "Q3": "S2"}
 INCOME_OF: dict[str, str | None] = {"A": "High", "B": "Low", "C": None, "D": "High"}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import pytest
+
 from cvs_evaluator.baselines import (
     country_pair_similarities,
     others_pooled_baseline,

@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from cvs_evaluator.metrics import item_similarities, similarity
 from scipy.spatial.distance import jensenshannon
+
+from cvs_evaluator.metrics import item_similarities, similarity
 
 
 def hand_similarity(human: list[float], model: list[float]) -> float:
