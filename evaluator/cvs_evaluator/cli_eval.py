@@ -2,12 +2,294 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
+import pandas as pd
+
+from cvs_evaluator.prompts import CONDITIONS, Condition
+
+if TYPE_CHECKING:
+    from cvs_evaluator.images import ImageSet
+
+ENGINES = ("torch", "ort", "trt")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", default="smol", show_default=True, help="Model family name.")
-@click.option("--engine", default="torch", show_default=True, help="torch (reference), ort or trt.")
-def main(model: str, engine: str) -> None:
-    """Evaluate MODEL on ENGINE against the WVS: `cvs-eval --engine trt --model yi34b`."""
-    raise click.ClickException("the evaluation is not built yet")
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--model",
+    default="smol",
+    show_default=True,
+    help="Model family (cvs-export plan --list shows them).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="torch",
+    show_default=True,
+    help="torch: the PyTorch reference; ort / trt: built engines (engines/<model>/<precision>/).",
+)
+@click.option("--precision", default="fp32", show_default=True, help="Engine precision.")
+@click.option(
+    "--weights",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local Hugging Face checkpoint folder (real families; tiny ones and smol are built).",
+)
+@click.option(
+    "--condition",
+    "conditions",
+    type=click.Choice(CONDITIONS),
+    multiple=True,
+    default=("text",),
+    show_default=True,
+    help="Repeat for several: text (country in a persona), image, image+country.",
+)
+@click.option(
+    "--country",
+    "countries",
+    multiple=True,
+    help="ISO3 code; repeat. Default: the study's countries present in the data.",
+)
+@click.option(
+    "--question",
+    "questions",
+    multiple=True,
+    help="WVS id (Q57); repeat. Default: a subset from every section.",
+)
+@click.option(
+    "--per-section",
+    default=2,
+    show_default=True,
+    help="Questions per section in the default subset.",
+)
+@click.option("--all-questions", is_flag=True, help="Ask all 239 value questions.")
+@click.option(
+    "--images",
+    default="flags",
+    show_default=True,
+    help="Image conditions: 'flags', a folder <country>/<category>/<file>, or a Dollar Street CSV.",
+)
+@click.option(
+    "--include-uninformative-images",
+    is_flag=True,
+    help="Score image conditions on a model whose vision tower carries no information (smol).",
+)
+@click.option("--batch-size", default=8, show_default=True, help="Prompts per forward pass.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Folder of result stores; a rerun resumes where the last one stopped.",
+)
+@click.option(
+    "--show-items", is_flag=True, help="Print each item's distribution beside the human one."
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def main(
+    model: str,
+    engine: str,
+    precision: str,
+    weights: Path | None,
+    conditions: tuple[Condition, ...],
+    countries: tuple[str, ...],
+    questions: tuple[str, ...],
+    per_section: int,
+    all_questions: bool,
+    images: str,
+    include_uninformative_images: bool,
+    batch_size: int,
+    out: Path,
+    show_items: bool,
+    no_progress: bool,
+) -> None:
+    """Ask MODEL the WVS value questions and compare its answers with each country's.
+
+    Each item is one forward pass: the option letters' probabilities at the answer position,
+    renormalised over the options, compared with the country's weighted answer shares
+    (similarity = 1 − Jensen–Shannon distance). Results are written item by item to
+    OUT/<model>-<engine>-<precision>.jsonl; rerunning resumes.
+
+    \b
+    Examples:
+      cvs-eval                                    # smol, text condition, study countries
+      cvs-eval --country DEU --question Q57 --question Q58 --show-items
+      cvs-eval --model tiny-yi --condition image --images flags --country JPN
+      cvs-eval --engine trt --model yi34b --weights /models/llava-v1.6-34b-hf
+    """
+    from cvs_evaluator.errors import DataError
+
+    try:
+        _run(
+            model, engine, precision, weights, conditions, countries, questions,
+            None if all_questions else per_section, images, include_uninformative_images,
+            batch_size, out, show_items, not no_progress,
+        )  # fmt: skip
+    except (DataError, ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _run(
+    model: str,
+    engine: str,
+    precision: str,
+    weights: Path | None,
+    conditions: tuple[Condition, ...],
+    countries: tuple[str, ...],
+    questions: tuple[str, ...],
+    per_section: int | None,
+    images: str,
+    include_uninformative_images: bool,
+    batch_size: int,
+    out: Path,
+    show_items: bool,
+    progress: bool,
+) -> None:
+    from cvs_evaluator import evaluate
+    from cvs_evaluator.countries import STUDY_COUNTRIES, country
+    from cvs_evaluator.questions import load_question_bank
+    from cvs_evaluator.results import ResultStore
+    from cvs_evaluator.wvs import load_study_shares
+    from cvs_families.registry import UnknownFamilyError, get_family
+
+    try:
+        spec = get_family(model)
+    except UnknownFamilyError as error:
+        raise click.ClickException(str(error)) from error
+    image_conditions = [c for c in conditions if c != "text"]
+    if image_conditions and not spec.image_informative and not include_uninformative_images:
+        raise click.ClickException(
+            f"{model}'s vision tower is random (no vision weights can be had here), so the "
+            f"{'/'.join(image_conditions)} condition carries no information; pass "
+            "--include-uninformative-images to score it anyway"
+        )
+    if engine != "torch":
+        raise click.ClickException(
+            f"engine {engine!r}: scoring on built engines is not wired into cvs-eval yet; "
+            "build and validate them with `cvs-export build`, score with --engine torch"
+        )
+    bank = load_question_bank()
+    shares = load_study_shares()
+    present = set(shares["country"])
+    wanted = [country(code).iso3 for code in countries] or [
+        code for code in STUDY_COUNTRIES if code in present
+    ]
+    missing = [code for code in wanted if code not in present]
+    if missing and "text" in conditions:
+        click.echo(f"not in the survey data (left out, never substituted): {', '.join(missing)}")
+        wanted = [code for code in wanted if code in present]
+    chosen = evaluate.select_questions(bank, per_section=per_section, only=questions)
+    image_set = _image_source(images) if image_conditions else None
+    settings = evaluate.EvalSettings(
+        model=model,
+        engine=engine,
+        precision=precision,
+        conditions=conditions,
+        countries=tuple(wanted),
+        batch_size=batch_size,
+        images=tuple(image_set.records) if image_set else (),
+    )
+    if image_set is not None and image_set.skipped:
+        click.echo(f"{len(image_set.skipped)} image(s) skipped by the source (see --show-items)")
+
+    scorer, tokenizer = _torch_scorer(spec, weights, batch_size)
+    asked = set(zip(shares["country"], shares["question"], strict=True))
+    items, notes = evaluate.build_items(settings, chosen, tokenizer, spec, asked=asked)
+    for line in notes:
+        click.echo(f"not asked: {line}")
+    store = ResultStore(evaluate.default_store_path(out, settings))
+    click.echo(
+        f"{model} on {engine}/{precision}: {len(items)} items ({len(chosen)} questions × "
+        f"{len(wanted)} countries × {', '.join(conditions)}) → {store.path}"
+    )
+    prepare = _image_preparer(image_set, spec) if image_set else _no_images
+    evaluate.run_evaluation(
+        settings, items, store, scorer=scorer, tokenizer=tokenizer, spec=spec,
+        prepare_image=prepare, progress=progress,
+    )  # fmt: skip
+    rows = store.frame()
+    rows = rows[rows["item_id"].isin({item.item_id for item in items})]
+    tables = evaluate.alignment_tables(rows, shares, bank)
+    _print_report(tables, show_items, rows, shares)
+
+
+def _torch_scorer(spec: Any, weights: Path | None, batch_size: int) -> tuple[Any, Any]:
+    from cvs_families.checkpoint import CheckpointError, ensure_checkpoint, load_model
+    from cvs_families.reference import ReferenceScorer
+
+    try:
+        loaded = load_model(spec, ensure_checkpoint(spec, weights))
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from error
+    scorer = ReferenceScorer(loaded, batch_size=batch_size)
+    return scorer.score_items, loaded.tokenizer
+
+
+def _image_source(images: str) -> ImageSet:
+    from cvs_evaluator.images import dollar_street_images, flag_images, folder_images
+
+    if images == "flags":
+        return flag_images()
+    path = Path(images)
+    return dollar_street_images(path) if path.suffix.lower() == ".csv" else folder_images(path)
+
+
+def _image_preparer(image_set: ImageSet, spec: Any) -> Any:
+    from cvs_evaluator.images import load_rgb
+
+    by_id = {record.id: record for record in image_set.records}
+
+    def prepare(image_id: str) -> Any:
+        outcome = load_rgb(by_id[image_id], image_set.root)
+        pixels = getattr(outcome, "pixels", None)
+        if pixels is None:
+            raise ValueError(f"image {image_id} could not be loaded: {outcome}")
+        return spec.prepare_image(pixels)
+
+    return prepare
+
+
+def _no_images(image_id: str) -> Any:
+    raise ValueError(f"item asks for image {image_id!r} but no image source was given")
+
+
+def _print_report(tables: Any, show_items: bool, rows: pd.DataFrame, shares: pd.DataFrame) -> None:
+    sections = tables.sections
+    baseline_columns = [c for c in ("uniform", "others_pooled", "best_other") if c in sections]
+    if tables.low_mass:
+        click.echo(f"{tables.low_mass} item(s) kept but not scored: raw option mass too low")
+    for (model, condition, code), group in sections.groupby(["model", "condition", "country"]):
+        click.echo(f"\n{code} — {model}, {condition} (similarity = 1 − JS distance)")
+        view = group.set_index("section")[["n_questions", "similarity", *baseline_columns]]
+        view = view.rename(columns={"similarity": "model", "n_questions": "questions"})
+        click.echo(view.to_string(float_format=lambda v: f"{v:.3f}"))
+    overall = sections.groupby(["model", "condition"])[["similarity", *baseline_columns]].mean()
+    click.echo("\nmean over countries and sections:")
+    click.echo(overall.to_string(float_format=lambda v: f"{v:.3f}"))
+    if show_items:
+        _print_items(tables.items, rows, shares)
+
+
+def _print_items(items: pd.DataFrame, rows: pd.DataFrame, shares: pd.DataFrame) -> None:
+    similarities = items.set_index(["condition", "country", "question", "image"])["similarity"]
+    people = shares.set_index(["country", "question", "option"])["share"]
+    for row in rows.to_dict("records"):
+        where = f"{row['condition']} {row['image']}".strip()
+        header = f"\n{row['country']} {row['question']} [{where}]"
+        if row["status"] != "scored":
+            click.echo(f"{header}: not scored ({row['reason']})")
+            continue
+        key = (row["condition"], row["country"], row["question"], row["image"])
+        click.echo(
+            f"{header}: similarity {float(similarities[key]):.3f}, "
+            f"raw option mass {row['raw_mass']:.3f}"
+        )
+        for code, prob in zip(row["option_codes"], row["distribution"], strict=True):
+            person = float(people[(row["country"], row["question"], code)])
+            click.echo(f"  option {code:>3}: model {prob:6.3f}   people {person:6.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

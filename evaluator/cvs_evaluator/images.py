@@ -1,0 +1,334 @@
+"""Where images come from, and loading them as RGB without letting a bad file stop a run.
+
+Three sources, each giving `ImageRecord`s that carry the image's true country and category (the
+prompts need the category's cue; screening and the metrics need the country):
+
+- a folder tree `<country>/<category>/<file>`, what a user who collects photos has;
+- the country flags in `$CVS_DATA/images/flags` (`<iso2>.png` + `countries.json`), the default
+  here and the only country-specific images available;
+- a Dollar Street style CSV (image path, country, income), category `family`.
+
+`load_rgb` converts palette, greyscale, LA, RGBA, CMYK (…) images to RGB, compositing alpha on
+white. Only undecodable, truncated, zero-size, over-the-pixel-limit and missing files, and paths
+outside the image root, are skipped — each as a `SkippedImage` with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cvs_families.paths import data_dir
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+"""File endings a folder tree is searched for (case-insensitive)."""
+
+FLAG_CATEGORY = "flag"
+FAMILY_CATEGORY = "family"
+
+SkipReason = Literal[
+    "undecodable", "truncated", "zero_size", "too_many_pixels", "outside_root", "missing"
+]
+
+
+class ImageSourceError(ValueError):
+    """An image source as a whole is unusable (no such folder, CSV without the needed columns)."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image and what is true about it."""
+
+    id: str
+    """Stable id: the path relative to the source root, POSIX style (`flags/fr.png`)."""
+    path: Path
+    """Where the file is (not yet checked to be inside the root or decodable)."""
+    country: str
+    """ISO3 of the true country where known; otherwise the code or name the source gave."""
+    country_name: str
+    """English name of the true country (for prompts and screening)."""
+    category: str
+    """Image category (`brands`, …, `flag`, `family`): selects the prompt's cue."""
+    income: float | None = None
+    """Household income (Dollar Street); None elsewhere."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image decoded and converted to RGB."""
+
+    record: ImageRecord
+    """The image's record (country, category travel with it)."""
+    pixels: NDArray[np.uint8]
+    """(height, width, 3) RGB."""
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An image that was not used, and why."""
+
+    record: ImageRecord
+    """The image's record."""
+    reason: SkipReason
+    """Machine-readable reason."""
+    detail: str
+    """One line for a human."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Records found in a source, and the entries of the source that could not become records."""
+
+    root: Path
+    """The image root: files outside it are never read."""
+    records: list[ImageRecord]
+    """Usable records, in a stable order."""
+    skipped: list[SkippedImage]
+    """Entries rejected while reading the source (e.g. a CSV path outside the image root)."""
+
+
+# --------------------------------------------------------------------------- countries
+
+
+def resolve_country(text: str) -> tuple[str, str] | None:
+    """(ISO3, English name) for an ISO2/ISO3 code or an English country name; None when the
+    project's country table (`cvs_evaluator.countries`) does not know it."""
+    from cvs_evaluator import countries
+
+    key = text.strip()
+    for lookup in (countries.country, countries.country_by_name):
+        try:
+            found = lookup(key)
+        except LookupError:
+            continue
+        return found.iso3, found.name
+    return None
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def folder_images(root: Path) -> ImageSet:
+    """Images in a tree `<country>/<category>/<file>` (country as ISO2, ISO3 or a name)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageSourceError(f"image folder {root} does not exist")
+    records: list[ImageRecord] = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        relative = path.relative_to(root)
+        if len(relative.parts) != 3:
+            continue  # not <country>/<category>/<file>: not part of the tree's layout
+        country_dir, category, _ = relative.parts
+        iso3, name = resolve_country(country_dir) or (country_dir, country_dir)
+        records.append(
+            ImageRecord(
+                id=relative.as_posix(),
+                path=path,
+                country=iso3,
+                country_name=name,
+                category=category.replace("_", " "),
+            )
+        )
+    return ImageSet(root=root, records=records, skipped=[])
+
+
+def flags_dir() -> Path:
+    """The default image source: `$CVS_DATA/images/flags`."""
+    return data_dir() / "images" / "flags"
+
+
+def flag_images(folder: Path | None = None) -> ImageSet:
+    """The country flags: `<iso2>.png` named by `countries.json` (ISO2 → English name)."""
+    folder = flags_dir() if folder is None else Path(folder)
+    names_file = folder / "countries.json"
+    if not names_file.is_file():
+        raise ImageSourceError(f"{names_file} is missing: not a flags folder")
+    names: dict[str, str] = json.loads(names_file.read_text(encoding="utf-8"))
+    records = []
+    for iso2, flag_name in sorted(names.items()):
+        path = folder / f"{iso2.lower()}.png"
+        # Flags cover territories the survey never sampled: those keep their ISO2 code.
+        iso3, name = resolve_country(iso2) or (iso2.upper(), flag_name)
+        records.append(
+            ImageRecord(
+                id=f"flags/{path.name}",
+                path=path,
+                country=iso3,
+                country_name=name,
+                category=FLAG_CATEGORY,
+            )
+        )
+    return ImageSet(root=folder, records=records, skipped=[])
+
+
+DOLLAR_STREET_COLUMNS = {
+    "path": ("path", "image", "image_path", "file"),
+    "country": ("country", "country_code", "iso3", "iso2"),
+    "income": ("income", "income_usd", "monthly_income"),
+}
+"""Accepted column names of a Dollar Street style CSV, first match wins (case-insensitive)."""
+
+
+def dollar_street_images(csv_path: Path, image_root: Path | None = None) -> ImageSet:
+    """Images listed in a CSV (image path, country, income); paths relative to `image_root`
+    (default: the CSV's folder). Category `family`. A path outside the root is skipped."""
+    csv_path = Path(csv_path)
+    root = (csv_path.parent if image_root is None else Path(image_root)).resolve()
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise ImageSourceError(f"{csv_path}: cannot read the CSV ({error})") from error
+    lower = {str(column).strip().lower(): column for column in table.columns}
+    columns: dict[str, str] = {}
+    for role, candidates in DOLLAR_STREET_COLUMNS.items():
+        match = next((lower[name] for name in candidates if name in lower), None)
+        if match is None:
+            raise ImageSourceError(
+                f"{csv_path}: no {role} column (one of {', '.join(candidates)}); "
+                f"columns are {', '.join(map(str, table.columns))}"
+            )
+        columns[role] = match
+    records: list[ImageRecord] = []
+    skipped: list[SkippedImage] = []
+    for row_number, values in enumerate(table.to_dict("records"), start=2):
+        raw_path = str(values[columns["path"]]).strip()
+        given_country = str(values[columns["country"]]).strip()
+        iso3, name = resolve_country(given_country) or (given_country, given_country)
+        income = _parse_income(str(values[columns["income"]]))
+        path = Path(raw_path) if Path(raw_path).is_absolute() else root / raw_path
+        record = ImageRecord(
+            id=raw_path,
+            path=path,
+            country=iso3,
+            country_name=name,
+            category=FAMILY_CATEGORY,
+            income=income,
+        )
+        if not _inside(path, root):
+            detail = f"{csv_path} row {row_number}: {raw_path} is outside the image root {root}"
+            skipped.append(SkippedImage(record, "outside_root", detail))
+            continue
+        records.append(record)
+    return ImageSet(root=root, records=records, skipped=skipped)
+
+
+def _parse_income(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True when `path`, links resolved, lies inside `root`."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_rgb(
+    record: ImageRecord, root: Path, *, max_pixels: int | None = None
+) -> LoadedImage | SkippedImage:
+    """Decode one image as (H, W, 3) uint8 RGB, or say why it is skipped. Never raises for a bad
+    file. `max_pixels` defaults to PIL's decompression-bomb limit."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    path = Path(record.path)
+    if not _inside(path, root):
+        return SkippedImage(record, "outside_root", f"{path} is outside the image root {root}")
+    if not path.is_file():
+        return SkippedImage(record, "missing", f"{path} does not exist")
+    if path.stat().st_size == 0:
+        return SkippedImage(record, "zero_size", f"{path} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if limit is not None and width * height > limit:
+                    return SkippedImage(
+                        record,
+                        "too_many_pixels",
+                        f"{path}: {width}×{height} = {width * height} pixels > limit {limit}",
+                    )
+                image.load()  # decodes now: a truncated file fails here, not later
+                pixels = _to_rgb(ImageOps.exif_transpose(image))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return SkippedImage(record, "too_many_pixels", f"{path}: {error}")
+    except UnidentifiedImageError as error:
+        return SkippedImage(record, "undecodable", f"{path}: {error}")
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        message = str(error)
+        reason: SkipReason = "truncated" if "truncated" in message.lower() else "undecodable"
+        return SkippedImage(record, reason, f"{path}: {type(error).__name__}: {message}")
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        return SkippedImage(record, "zero_size", f"{path} has no pixels")
+    return LoadedImage(record=record, pixels=pixels)
+
+
+def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:
+    """(H, W, 3) uint8: alpha (RGBA, LA, PA, palette transparency) composited on white."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb = Image.alpha_composite(white, rgba).convert("RGB")
+    elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits rather than clip (convert("RGB") clips at 255).
+        # 32-bit "I" has no declared depth: take the smallest of 8, 16 bits or the maximum.
+        values = np.asarray(image, dtype=np.float64)
+        peak = float(values.max(initial=0.0))
+        if image.mode.startswith("I;16") or 255.0 < peak <= 65535.0:
+            top = 65535.0
+        else:
+            top = 255.0 if peak <= 255.0 else peak
+        grey = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    else:
+        rgb = image.convert("RGB")
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def load_images(
+    image_set: ImageSet, *, max_pixels: int | None = None
+) -> tuple[list[LoadedImage], list[SkippedImage]]:
+    """Load every record of a source (eagerly). Bad files become `SkippedImage`s, never
+    exceptions; the source's own rejected entries come first in the skipped list."""
+    loaded: list[LoadedImage] = []
+    skipped: list[SkippedImage] = list(image_set.skipped)
+    for outcome in iter_images(image_set.records, image_set.root, max_pixels=max_pixels):
+        if isinstance(outcome, LoadedImage):
+            loaded.append(outcome)
+        else:
+            skipped.append(outcome)
+    return loaded, skipped
+
+
+def iter_images(
+    records: Iterable[ImageRecord], root: Path, *, max_pixels: int | None = None
+) -> Iterator[LoadedImage | SkippedImage]:
+    """Load records one at a time (a run over many photos need not hold them all)."""
+    for record in records:
+        yield load_rgb(record, root, max_pixels=max_pixels)
+
+
+def skip_summary(skipped: Sequence[SkippedImage]) -> dict[str, int]:
+    """Count of skipped images per reason, for reports."""
+    counts: dict[str, int] = {}
+    for item in skipped:
+        counts[item.reason] = counts.get(item.reason, 0) + 1
+    return dict(sorted(counts.items()))
