@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml requirements/smol.txt
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/cvs-data baselines --study
+	$(BIN)/cvs-eval --model $(MODEL) --engine torch --out runs
 
 test: $(STAMP)
 	$(PY) -m pytest -q

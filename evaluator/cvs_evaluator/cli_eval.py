@@ -173,9 +173,7 @@ def _run(
     bank = load_question_bank()
     shares = load_study_shares()
     present = set(shares["country"])
-    wanted = [country(code).iso3 for code in countries] or [
-        code for code in STUDY_COUNTRIES if code in present
-    ]
+    wanted = [country(code).iso3 for code in countries] or list(STUDY_COUNTRIES)
     missing = [code for code in wanted if code not in present]
     if missing and "text" in conditions:
         click.echo(f"not in the survey data (left out, never substituted): {', '.join(missing)}")
@@ -212,7 +210,7 @@ def _run(
     rows = store.frame()
     rows = rows[rows["item_id"].isin({item.item_id for item in items})]
     tables = evaluate.alignment_tables(rows, shares, bank)
-    _print_report(tables, show_items, rows, shares)
+    _print_report(tables, bank, show_items, rows, shares)
 
 
 def _torch_scorer(spec: Any, weights: Path | None, batch_size: int) -> tuple[Any, Any]:
@@ -255,19 +253,44 @@ def _no_images(image_id: str) -> Any:
     raise ValueError(f"item asks for image {image_id!r} but no image source was given")
 
 
-def _print_report(tables: Any, show_items: bool, rows: pd.DataFrame, shares: pd.DataFrame) -> None:
+def _print_report(
+    tables: Any, bank: Any, show_items: bool, rows: pd.DataFrame, shares: pd.DataFrame
+) -> None:
+    """Per model × condition: sections (mean over countries) and countries (mean over
+    sections), each beside the human baselines over the same (country, question) pairs."""
     sections = tables.sections
-    baseline_columns = [c for c in ("uniform", "others_pooled", "best_other") if c in sections]
+    baselines = [c for c in ("uniform", "others_pooled", "best_other") if c in sections]
+    columns = ["similarity", *baselines]
+    three = {c: (lambda v: f"{v:.3f}") for c in columns}
     if tables.low_mass:
         click.echo(f"{tables.low_mass} item(s) kept but not scored: raw option mass too low")
-    for (model, condition, code), group in sections.groupby(["model", "condition", "country"]):
-        click.echo(f"\n{code} — {model}, {condition} (similarity = 1 − JS distance)")
-        view = group.set_index("section")[["n_questions", "similarity", *baseline_columns]]
-        view = view.rename(columns={"similarity": "model", "n_questions": "questions"})
-        click.echo(view.to_string(float_format=lambda v: f"{v:.3f}"))
-    overall = sections.groupby(["model", "condition"])[["similarity", *baseline_columns]].mean()
-    click.echo("\nmean over countries and sections:")
-    click.echo(overall.to_string(float_format=lambda v: f"{v:.3f}"))
+    order = {name: index for index, name in enumerate(bank.sections)}
+    for (model, condition), group in sections.groupby(["model", "condition"]):
+        click.echo(
+            f"\n{model}, {condition} condition — similarity = 1 − Jensen–Shannon distance "
+            "(model), beside human baselines (uniform answers; the other countries pooled; "
+            "the closest other country)"
+        )
+        by_section = group.groupby("section").agg(
+            countries=("country", "nunique"), questions=("n_questions", "max"),
+            **{c: (c, "mean") for c in columns},
+        )  # fmt: skip
+        by_section = by_section.sort_index(key=lambda index: index.map(order))
+        click.echo(by_section.rename(columns={"similarity": "model"}).to_string(
+            formatters={("model" if c == "similarity" else c): f for c, f in three.items()}
+        ))  # fmt: skip
+        by_country = group.groupby("country").agg(
+            sections=("section", "nunique"), **{c: (c, "mean") for c in columns}
+        )
+        click.echo("\nper country (mean over sections):")
+        click.echo(by_country.rename(columns={"similarity": "model"}).to_string(
+            formatters={("model" if c == "similarity" else c): f for c, f in three.items()}
+        ))  # fmt: skip
+        overall = group[columns].mean()
+        click.echo(
+            "\noverall: model {:.3f} | uniform {:.3f} | others pooled {:.3f} | "
+            "closest other country {:.3f}".format(*overall.to_list())
+        )
     if show_items:
         _print_items(tables.items, rows, shares)
 
