@@ -119,16 +119,22 @@ def main(
       cvs-eval --model tiny-yi --condition image --images flags --country JPN
       cvs-eval --engine trt --model yi34b --weights /models/llava-v1.6-34b-hf
     """
+    from cvs_evaluator.countries import UnknownCountry
     from cvs_evaluator.errors import DataError
+    from cvs_families.checkpoint import CheckpointError
+    from cvs_families.paths import DataDirMissing
+    from cvs_families.registry import UnknownFamilyError
 
+    user_errors = (DataError, DataDirMissing, CheckpointError, UnknownFamilyError, UnknownCountry)
     try:
         _run(
             model, engine, precision, weights, conditions, countries, questions,
             None if all_questions else per_section, images, include_uninformative_images,
             batch_size, out, show_items, not no_progress,
         )  # fmt: skip
-    except (DataError, ValueError, FileNotFoundError) as error:
-        raise click.ClickException(str(error)) from error
+    except (*user_errors, ValueError, FileNotFoundError) as error:
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        raise click.ClickException(message) from error
 
 
 def _run(
@@ -152,12 +158,9 @@ def _run(
     from cvs_evaluator.questions import load_question_bank
     from cvs_evaluator.results import ResultStore
     from cvs_evaluator.wvs import load_study_shares
-    from cvs_families.registry import UnknownFamilyError, get_family
+    from cvs_families.registry import get_family
 
-    try:
-        spec = get_family(model)
-    except UnknownFamilyError as error:
-        raise click.ClickException(str(error)) from error
+    spec = get_family(model)
     image_conditions = [c for c in conditions if c != "text"]
     if image_conditions and not spec.image_informative and not include_uninformative_images:
         raise click.ClickException(
@@ -214,13 +217,10 @@ def _run(
 
 
 def _torch_scorer(spec: Any, weights: Path | None, batch_size: int) -> tuple[Any, Any]:
-    from cvs_families.checkpoint import CheckpointError, ensure_checkpoint, load_model
+    from cvs_families.checkpoint import ensure_checkpoint, load_model
     from cvs_families.reference import ReferenceScorer
 
-    try:
-        loaded = load_model(spec, ensure_checkpoint(spec, weights))
-    except CheckpointError as error:
-        raise click.ClickException(str(error)) from error
+    loaded = load_model(spec, ensure_checkpoint(spec, weights))
     scorer = ReferenceScorer(loaded, batch_size=batch_size)
     return scorer.score_items, loaded.tokenizer
 
