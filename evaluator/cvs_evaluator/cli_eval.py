@@ -291,8 +291,29 @@ def _print_report(
             "\noverall: model {:.3f} | uniform {:.3f} | others pooled {:.3f} | "
             "closest other country {:.3f}".format(*overall.to_list())
         )
+    for image_condition in ("image", "image+country"):
+        if {"text", image_condition} <= set(sections["condition"]):
+            _print_effect(tables.items, bank, image_condition)
     if show_items:
         _print_items(tables.items, rows, shares)
+
+
+def _print_effect(items: pd.DataFrame, bank: Any, condition: str) -> None:
+    from cvs_evaluator.evaluate import condition_effects
+
+    effects = condition_effects(items, bank, "text", condition)
+    order = {name: index for index, name in enumerate([*bank.sections, "all"])}
+    click.echo(
+        f"\n{condition} vs text: change of the mean similarity over the same (country, "
+        "question) pairs, with a paired sign-flip permutation test (10,000 resamples)"
+    )
+    for model, group in effects.groupby("model"):
+        view = group.set_index("section").sort_index(key=lambda index: index.map(order))
+        view = view[["n_pairs", "mean_a", "mean_b", "percent_change", "p_value"]].rename(
+            columns={"mean_a": "text", "mean_b": condition, "percent_change": "change %"}
+        )
+        click.echo(f"{model}:")
+        click.echo(view.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
 def _print_items(items: pd.DataFrame, rows: pd.DataFrame, shares: pd.DataFrame) -> None:

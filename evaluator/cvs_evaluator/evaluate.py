@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cvs_evaluator.aggregate import question_similarities, section_means
+from cvs_evaluator.aggregate import permutation_tests, question_similarities, section_means
 from cvs_evaluator.baselines import section_baselines
 from cvs_evaluator.metrics import item_similarities
 from cvs_evaluator.prompts import Condition, PromptItem, build_prompt_set, to_request
@@ -200,6 +200,19 @@ def alignment_tables(
     ).reset_index()
     merged = sections.merge(wide, on=["country", "section"], how="left")
     return AlignmentTables(items=items, sections=merged, low_mass=low_mass)
+
+
+def condition_effects(
+    items: pd.DataFrame, bank: QuestionBank, condition_a: str, condition_b: str, *, seed: int = 0
+) -> pd.DataFrame:
+    """Per model × section (and "all"): the change from `condition_a` to `condition_b` over the
+    (country, question) pairs scored under both, in percent of `condition_a`'s mean, with the
+    paired sign-flip permutation test's two-sided p-value (10,000 resamples, seeded)."""
+    tests = permutation_tests(
+        question_similarities(items), bank.section_of(), condition_a, condition_b, seed=seed
+    )
+    tests["percent_change"] = (tests["mean_b"] - tests["mean_a"]) / tests["mean_a"] * 100
+    return tests
 
 
 def default_store_path(out_dir: Path, settings: EvalSettings) -> Path:

@@ -163,3 +163,22 @@ def test_items_a_country_was_not_asked_are_left_out_and_counted(
     assert notes == [
         "1 item(s) left out: their country's survey did not ask the question (JPN Q57)"
     ]
+
+
+def test_condition_effects_by_hand(bank: QuestionBank) -> None:
+    q1, q2 = "Q57", "Q58"  # the same section
+    rows = []
+    for country, text, image in (("DEU", (0.5, 0.7), (0.6, 0.9)), ("JPN", (0.4, 0.8), (0.2, 0.5))):
+        for question, a, b in zip((q1, q2), text, image, strict=True):
+            base = {"model": "m", "country": country, "question": question, "n_options": 2}
+            rows.append({**base, "condition": "text", "image": "", "similarity": a})
+            rows.append({**base, "condition": "image", "image": "x.png", "similarity": b})
+    rows.append({**rows[-1], "country": "BRA"})  # scored under image only: left unpaired
+    effects = evaluate.condition_effects(pd.DataFrame(rows), bank, "text", "image")
+    section = effects.set_index("section").loc[bank.questions[q1].section]
+    text_mean, image_mean = (0.5 + 0.7 + 0.4 + 0.8) / 4, (0.6 + 0.9 + 0.2 + 0.5) / 4
+    assert section["n_pairs"] == 4
+    assert section["percent_change"] == pytest.approx((image_mean - text_mean) / text_mean * 100)
+    # Differences +1, +2, −2, −3 (tenths), sum −2. The 16 sign patterns give the sums
+    # ±8, ±6, ±4, ±4, ±2, ±2, ±2, 0, 0: |sum| ≥ 2 in 14 of 16 (an exact test).
+    assert section["p_value"] == pytest.approx(14 / 16)
