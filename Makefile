@@ -52,8 +52,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Default: tiny-vicuna, tiny-yi, tiny-qwen and smol at fp32. `make engines MODEL=yi34b
+# WEIGHTS=DIR` builds one real checkpoint.
 engines: $(STAMP)
-	$(BIN)/cvs-export build --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS),)
+	$(BIN)/cvs-export build $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,177 @@
+"""onnxruntime CPU sessions for an engine folder, behind the part interface.
+
+One `InferenceSession` per part graph; all graphs of an engine point into one external weight
+file. `OrtParts.open` checks the engine's manifest first (family, precision, checkpoint, file
+sizes and mtimes) and refuses a mismatch, naming the field.
+
+Session options that matter for memory: onnxruntime maps external weights from the file, so
+two sessions (or two processes) over one engine can share those pages, but by default each
+session *prepacks* constant matrix operands into its own private buffers, one private copy of
+the weights per session. `share_weight_pages=True` sets `session.disable_prepacking`, keeping
+the weights as file-backed shared pages at some speed cost (measured in the export report;
+NOTES.md §3 found ≈ 20% on smol). Memory is read as PSS/USS from /proc/<pid>/smaps_rollup:
+RSS counts shared pages once per process. Numpy and onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from cvs_runtime.engine_manifest import EngineManifest, check_engine
+from cvs_runtime.parts import PartError, as_feed, check_feeds, check_part
+
+_NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class OrtSessionConfig:
+    """How the sessions of one engine are created."""
+
+    share_weight_pages: bool = True
+    """Disable weight prepacking so sessions and processes share the mapped weight pages."""
+    intra_op_threads: int = 0
+    """Threads per operator (0: onnxruntime's default, one per core)."""
+    optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    """onnxruntime graph optimisation level."""
+
+
+def session_options(config: OrtSessionConfig) -> ort.SessionOptions:
+    """onnxruntime SessionOptions for `config`."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = _OPTIMIZATION[config.optimization]
+    options.intra_op_num_threads = config.intra_op_threads
+    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
+    if config.share_weight_pages:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
+
+
+class OrtParts:
+    """The parts of one engine as onnxruntime CPU sessions (implements `PartRunner`)."""
+
+    def __init__(
+        self,
+        part_files: Mapping[str, Path],
+        config: OrtSessionConfig | None = None,
+        manifest: EngineManifest | None = None,
+    ) -> None:
+        self.config = config or OrtSessionConfig()
+        """The session options used."""
+        self.manifest = manifest
+        """The checked manifest, when opened from an engine folder."""
+        options = session_options(self.config)
+        self._sessions = {
+            part: ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            for part, path in part_files.items()
+        }
+        self._input_types = {
+            part: {i.name: _NUMPY_TYPES[i.type] for i in session.get_inputs()}
+            for part, session in self._sessions.items()
+        }
+
+    @classmethod
+    def open(
+        cls,
+        folder: Path,
+        *,
+        family: str | None = None,
+        precision: str | None = None,
+        checkpoint_fingerprint: str | None = None,
+        config: OrtSessionConfig | None = None,
+    ) -> OrtParts:
+        """Sessions for the engine in `folder`, after the load-time manifest check."""
+        manifest = check_engine(
+            folder,
+            family=family,
+            precision=precision,
+            checkpoint_fingerprint=checkpoint_fingerprint,
+        )
+        files = {part: Path(folder) / record.file for part, record in manifest.parts.items()}
+        return cls(files, config, manifest)
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        """The parts this engine holds."""
+        return tuple(self._sessions)
+
+    def input_names(self, part: str) -> tuple[str, ...]:
+        """Input names of `part`, in graph order."""
+        check_part(part, self.part_names)
+        return tuple(i.name for i in self._sessions[part].get_inputs())
+
+    def output_names(self, part: str) -> tuple[str, ...]:
+        """Output names of `part`, in graph order."""
+        check_part(part, self.part_names)
+        return tuple(o.name for o in self._sessions[part].get_outputs())
+
+    def providers(self, part: str) -> list[str]:
+        """Execution providers the session of `part` really uses."""
+        check_part(part, self.part_names)
+        return list(self._sessions[part].get_providers())
+
+    def run(
+        self,
+        part: str,
+        inputs: Mapping[str, NDArray[Any]],
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, NDArray[Any]]:
+        """Run `part` on exactly its named inputs; return the named outputs (all by default)."""
+        check_part(part, self.part_names)
+        types = self._input_types[part]
+        check_feeds(part, list(types), inputs)
+        available = self.output_names(part)
+        names = list(outputs) if outputs is not None else list(available)
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise PartError(f"part {part} has no outputs {unknown}; outputs: {list(available)}")
+        feeds = {name: as_feed(inputs[name], types[name]) for name in types}
+        results = self._sessions[part].run(names, feeds)
+        return dict(zip(names, results, strict=True))
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """Resident memory of one process, from /proc/<pid>/smaps_rollup (bytes)."""
+
+    rss: int
+    """Resident set: counts every resident page, shared ones in full."""
+    pss: int
+    """Proportional set: shared pages divided among the processes mapping them."""
+    uss: int
+    """Unique set: pages no other process maps (private clean + private dirty)."""
+
+
+def process_memory(pid: int | None = None) -> ProcessMemory:
+    """RSS, PSS and USS of `pid` (default: this process). Linux only."""
+    path = Path(f"/proc/{pid if pid is not None else os.getpid()}/smaps_rollup")
+    fields: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return ProcessMemory(
+        rss=fields["Rss"],
+        pss=fields["Pss"],
+        uss=fields["Private_Clean"] + fields["Private_Dirty"],
+    )

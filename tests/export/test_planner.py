@@ -1,0 +1,62 @@
+"""The planner on the full-size configs (meta device), and the phase peak-memory meter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cvs_export.onnx_export import ExportError
+from cvs_export.planner import PeakMemory, plan_export
+from cvs_families.registry import get_family
+
+FULL = [("vicuna13b", 13.351), ("yi34b", 34.752), ("qwen72b", 72.667)]
+
+
+@pytest.mark.parametrize("family,billions", FULL)
+def test_full_configs_have_the_published_parameter_counts(family: str, billions: float) -> None:
+    plan = plan_export(family, get_family(family).config)
+    assert round(plan.params / 1e9, 3) == billions
+
+
+@pytest.mark.parametrize("family,billions", FULL)
+def test_full_plans_fit_the_size_and_memory_bounds(family: str, billions: float) -> None:
+    plan = plan_export(family, get_family(family).config)
+    gib = 2**30
+    # fp32: 4 bytes per parameter, every part's tensors in one file (the last vision layer,
+    # never run for feature layer −2, is left out).
+    assert plan.weights_file_bytes == pytest.approx(4 * billions * 1e9, rel=0.02)
+    assert plan.weights_file_bytes < plan.model_bytes
+    assert plan.engine_bytes <= 1.1 * plan.weights_file_bytes
+    # Untied families: the parts share no tensor, so the file is the sum of the parts.
+    assert sum(p.weight_bytes for p in plan.parts) == plan.weights_file_bytes
+    # Export needs the loaded model and about nothing more (a plain dynamo export: 2.2×).
+    assert plan.predicted_export_peak_bytes <= 1.05 * plan.model_bytes + 1 * gib
+
+
+def test_a_tied_family_shares_its_embedding_between_parts() -> None:
+    plan = plan_export("smol", get_family("smol").config)
+    parts = {p.name: p for p in plan.parts}
+    shared = sum(p.weight_bytes for p in plan.parts) - plan.weights_file_bytes
+    assert shared == parts["embedding"].weight_bytes  # the head is the embedding, stored once
+
+
+def test_plan_shapes_name_the_cache_axes() -> None:
+    plan = plan_export("yi34b", get_family("yi34b").config)
+    decoder = next(p for p in plan.parts if p.name == "decoder")
+    inputs = dict(decoder.inputs)
+    assert inputs["past.0.key"] == ("batch", 8, "past", 128)
+    assert dict(decoder.outputs)["logits"] == ("batch", "k", 64064)
+    assert "decoder" in plan.table() and "34.752B" in plan.table()
+
+
+def test_unbuilt_precisions_are_refused() -> None:
+    with pytest.raises(ExportError, match="fp16 is not built by this stage"):
+        plan_export("yi34b", get_family("yi34b").config, "fp16")
+
+
+def test_peak_memory_sees_a_phase_allocation() -> None:
+    meter = PeakMemory()
+    before = meter.start()
+    block = np.ones(96 * 2**20 // 8)  # 96 MiB, touched
+    assert meter.peak() >= before + 80 * 2**20
+    del block
