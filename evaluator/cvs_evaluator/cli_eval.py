@@ -14,7 +14,7 @@ from cvs_evaluator.prompts import CONDITIONS, Condition
 if TYPE_CHECKING:
     from cvs_evaluator.images import ImageSet
 
-ENGINES = ("torch", "ort", "trt")
+ENGINES = ("torch", "ort", "ort-cuda", "ort-trt", "trt")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,7 +29,16 @@ ENGINES = ("torch", "ort", "trt")
     type=click.Choice(ENGINES),
     default="torch",
     show_default=True,
-    help="torch: the PyTorch reference; ort / trt: built engines (engines/<model>/<precision>/).",
+    help="torch: the PyTorch reference; ort (CPU), ort-cuda, ort-trt (onnxruntime providers) "
+    "and trt (TensorRT): engines built by `cvs-export build` under --engines.",
+)
+@click.option(
+    "--engines",
+    "engines_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("engines"),
+    show_default=True,
+    help="Engines root: <root>/<model>/<precision>/ (TensorRT: <root>/<model>/trt-<precision>/).",
 )
 @click.option("--precision", default="fp32", show_default=True, help="Engine precision.")
 @click.option(
@@ -91,6 +100,7 @@ ENGINES = ("torch", "ort", "trt")
 def main(
     model: str,
     engine: str,
+    engines_root: Path,
     precision: str,
     weights: Path | None,
     conditions: tuple[Condition, ...],
@@ -124,11 +134,16 @@ def main(
     from cvs_families.checkpoint import CheckpointError
     from cvs_families.paths import DataDirMissing
     from cvs_families.registry import UnknownFamilyError
+    from cvs_runtime.ort_gpu import GpuProviderError
+    from cvs_runtime.trt_backend import TensorRTUnavailable
 
-    user_errors = (DataError, DataDirMissing, CheckpointError, UnknownFamilyError, UnknownCountry)
+    user_errors = (
+        DataError, DataDirMissing, CheckpointError, UnknownFamilyError, UnknownCountry,
+        GpuProviderError, TensorRTUnavailable,
+    )  # fmt: skip
     try:
         _run(
-            model, engine, precision, weights, conditions, countries, questions,
+            model, engine, engines_root, precision, weights, conditions, countries, questions,
             None if all_questions else per_section, images, include_uninformative_images,
             batch_size, out, show_items, not no_progress,
         )  # fmt: skip
@@ -140,6 +155,7 @@ def main(
 def _run(
     model: str,
     engine: str,
+    engines_root: Path,
     precision: str,
     weights: Path | None,
     conditions: tuple[Condition, ...],
@@ -168,11 +184,6 @@ def _run(
             f"{'/'.join(image_conditions)} condition carries no information; pass "
             "--include-uninformative-images to score it anyway"
         )
-    if engine != "torch":
-        raise click.ClickException(
-            f"engine {engine!r}: scoring on built engines is not wired into cvs-eval yet; "
-            "build and validate them with `cvs-export build`, score with --engine torch"
-        )
     bank = load_question_bank()
     shares = load_study_shares()
     present = set(shares["country"])
@@ -195,7 +206,10 @@ def _run(
     if image_set is not None and image_set.skipped:
         click.echo(f"{len(image_set.skipped)} image(s) skipped by the source (see --show-items)")
 
-    scorer, tokenizer = _torch_scorer(spec, weights, batch_size)
+    if engine == "torch":
+        scorer, tokenizer = _torch_scorer(spec, weights, batch_size)
+    else:
+        scorer, tokenizer = _engine_scorer(spec, weights, engine, engines_root, precision)
     asked = set(zip(shares["country"], shares["question"], strict=True))
     items, notes = evaluate.build_items(settings, chosen, tokenizer, spec, asked=asked)
     for line in notes:
@@ -223,6 +237,36 @@ def _torch_scorer(spec: Any, weights: Path | None, batch_size: int) -> tuple[Any
     loaded = load_model(spec, ensure_checkpoint(spec, weights))
     scorer = ReferenceScorer(loaded, batch_size=batch_size)
     return scorer.score_items, loaded.tokenizer
+
+
+def _engine_scorer(
+    spec: Any, weights: Path | None, engine: str, root: Path, precision: str
+) -> tuple[Any, Any]:
+    from cvs_families.checkpoint import (
+        checkpoint_fingerprint,
+        ensure_checkpoint,
+        load_tokenizer,
+        pad_token_id,
+    )
+    from cvs_runtime.engines import EngineScorer, engine_folder, open_engine
+
+    checkpoint = ensure_checkpoint(spec, weights)
+    tokenizer = load_tokenizer(spec, checkpoint)
+    folder = engine_folder(root, engine, spec.name, precision)
+    if not (folder / "manifest.json").is_file():
+        raise click.ClickException(
+            f"no {precision} engine for {spec.name} in {folder}: build it with "
+            f"`cvs-export build --model {spec.name} --precision {precision}` (or `make engines`)"
+        )
+    parts = open_engine(
+        engine,
+        folder,
+        family=spec.name,
+        precision=precision,
+        checkpoint_fingerprint=checkpoint_fingerprint(checkpoint),
+    )
+    scorer = EngineScorer(parts, spec, pad_token_id=pad_token_id(spec, tokenizer))
+    return scorer.score_items, tokenizer
 
 
 def _image_source(images: str) -> ImageSet:

@@ -492,6 +492,31 @@ def load_model(
     )
 
 
+def load_tokenizer(spec: FamilySpec, path: Path) -> Any:
+    """The checkpoint's tokenizer alone (for engines, which need no torch weights), after the
+    same folder, config and tokenizer checks `load_model` makes."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    check_checkpoint_folder(path)
+    check_config(spec, path)
+    with warnings.catch_warnings(), quiet_transformers():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    _check_tokenizer(spec, tokenizer, path)
+    return tokenizer
+
+
+def pad_token_id(spec: FamilySpec, tokenizer: Any) -> int:
+    """A pad id that is a real token and not the image token (its value is masked anyway)."""
+    pad = tokenizer.pad_token_id
+    if pad is None or pad == spec.image_token_id:
+        pad = spec.text_config.get("pad_token_id")
+    if pad is None or pad == spec.image_token_id:
+        pad = 0 if spec.image_token_id != 0 else 1
+    return int(pad)
+
+
 __all__ = [
     "ANSWER_PREFIX",
     "CheckpointError",
@@ -501,4 +526,6 @@ __all__ = [
     "ensure_checkpoint",
     "letter_token_ids",
     "load_model",
+    "load_tokenizer",
+    "pad_token_id",
 ]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from cvs_families.checkpoint import pad_token_id
 from cvs_runtime.requests import MASS_THRESHOLD, ScoredItem, ScoringRequest, judge_option_mass
 from cvs_runtime.scores import OptionScores, option_scores_from_logits
 
@@ -171,12 +172,7 @@ def scores_from_answer_logits(
 
 def pad_token_for(loaded: LoadedModel) -> int:
     """A pad id that is a real token and not the image token (its value is masked anyway)."""
-    pad = loaded.tokenizer.pad_token_id
-    if pad is None or pad == loaded.spec.image_token_id:
-        pad = loaded.spec.text_config.get("pad_token_id")
-    if pad is None or pad == loaded.spec.image_token_id:
-        pad = 0 if loaded.spec.image_token_id != 0 else 1
-    return int(pad)
+    return pad_token_id(loaded.spec, loaded.tokenizer)
 
 
 class ReferenceScorer:
