@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -177,9 +179,24 @@ def test_check_feeds_names_both_missing_and_unexpected() -> None:
 
 
 def test_process_memory_reads_rss_pss_and_uss() -> None:
-    before = process_memory()
-    assert 0 < before.uss <= before.rss and 0 < before.pss <= before.rss
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB private, touched
-    after = process_memory()
-    assert after.uss - before.uss >= 48 * 2**20
-    del block
+    # Measured on a fresh child process: in the test process itself, freed pages the allocator
+    # reuses can absorb a new block without any change in USS.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, numpy as np\nprint(flush=True)\nsys.stdin.readline()\n"
+         "block = np.ones(64 * 2**20 // 8)\nprint(flush=True)\nsys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        child.stdout.readline()  # numpy is imported
+        before = process_memory(child.pid)
+        assert 0 < before.uss <= before.rss and 0 < before.pss <= before.rss
+        child.stdin.write("\n")
+        child.stdin.flush()
+        child.stdout.readline()  # it has touched a 64 MiB private block
+        after = process_memory(child.pid)
+        assert after.uss - before.uss >= 48 * 2**20
+        assert after.rss - before.rss >= 48 * 2**20
+    finally:
+        child.kill()
+        child.wait()
