@@ -97,6 +97,11 @@ ENGINES = ("torch", "ort", "ort-cuda", "ort-trt", "trt")
     "--show-items", is_flag=True, help="Print each item's distribution beside the human one."
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--allow-failed-engine",
+    is_flag=True,
+    help="Use a lower-precision engine whose build verdict (accuracy against fp32) failed.",
+)
 def main(
     model: str,
     engine: str,
@@ -114,6 +119,7 @@ def main(
     out: Path,
     show_items: bool,
     no_progress: bool,
+    allow_failed_engine: bool,
 ) -> None:
     """Ask MODEL the WVS value questions and compare its answers with each country's.
 
@@ -145,7 +151,7 @@ def main(
         _run(
             model, engine, engines_root, precision, weights, conditions, countries, questions,
             None if all_questions else per_section, images, include_uninformative_images,
-            batch_size, out, show_items, not no_progress,
+            batch_size, out, show_items, not no_progress, allow_failed_engine,
         )  # fmt: skip
     except (*user_errors, ValueError, FileNotFoundError) as error:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
@@ -168,6 +174,7 @@ def _run(
     out: Path,
     show_items: bool,
     progress: bool,
+    allow_failed_engine: bool = False,
 ) -> None:
     from cvs_evaluator import evaluate
     from cvs_evaluator.countries import STUDY_COUNTRIES, country
@@ -209,7 +216,9 @@ def _run(
     if engine == "torch":
         scorer, tokenizer = _torch_scorer(spec, weights, batch_size)
     else:
-        scorer, tokenizer = _engine_scorer(spec, weights, engine, engines_root, precision)
+        scorer, tokenizer = _engine_scorer(
+            spec, weights, engine, engines_root, precision, allow_failed_engine
+        )
     asked = set(zip(shares["country"], shares["question"], strict=True))
     items, notes = evaluate.build_items(settings, chosen, tokenizer, spec, asked=asked)
     for line in notes:
@@ -240,7 +249,12 @@ def _torch_scorer(spec: Any, weights: Path | None, batch_size: int) -> tuple[Any
 
 
 def _engine_scorer(
-    spec: Any, weights: Path | None, engine: str, root: Path, precision: str
+    spec: Any,
+    weights: Path | None,
+    engine: str,
+    root: Path,
+    precision: str,
+    allow_failed_engine: bool = False,
 ) -> tuple[Any, Any]:
     from cvs_families.checkpoint import (
         checkpoint_fingerprint,
@@ -264,6 +278,7 @@ def _engine_scorer(
         family=spec.name,
         precision=precision,
         checkpoint_fingerprint=checkpoint_fingerprint(checkpoint),
+        allow_failed_verdict=allow_failed_engine,
     )
     scorer = EngineScorer(parts, spec, pad_token_id=pad_token_id(spec, tokenizer))
     return scorer.score_items, tokenizer

@@ -6,7 +6,15 @@
   PyTorch (parts at untraced shapes, and the whole chain against the reference scorer) →
   `engines/<model>/<precision>/manifest.json`. A parity failure stops the build with the table
   of differences; the rejected engine stays in `<precision>.partial/` for inspection.
+- `build --precision P` (repeatable) or `--all-precisions`: lower precisions (fp16, bf16, the
+  int8 recipes of `cvs_export.precision`) are built, validated the same way, and judged against
+  their accuracy targets; the verdict goes into the manifest instead of failing the build
+  (`cvs_export.precision_build`).
 - `verify`: re-hash every engine file against its manifest.
+- `compare --model M A B…`: the cost of a precision on the survey (sizes, items/s, JS distance,
+  top-1 agreement, section shift). Survey prompts and human answers belong to the evaluator, so
+  `compare` and the lower-precision builds (their calibration and verdict prompts) import
+  `cvs_evaluator.precision_compare` lazily: the one edge from this stage into the evaluator.
 
 Torch is imported only by `plan` and `build`.
 """
@@ -15,7 +23,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -217,7 +225,17 @@ def plan(models: tuple[str, ...], precision: str) -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Local checkpoint folder (real families); only with one --model.",
 )
-@_precision
+@click.option(
+    "--precision",
+    "precisions",
+    type=click.Choice(PRECISIONS),
+    multiple=True,
+    help="Engine precision (repeatable; default fp32). Below fp32 the build records an "
+    "accuracy verdict instead of failing.",
+)
+@click.option(
+    "--all-precisions", is_flag=True, help=f"Build every precision: {', '.join(PRECISIONS)}."
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -227,32 +245,128 @@ def plan(models: tuple[str, ...], precision: str) -> None:
 )
 @click.option("--no-chain", is_flag=True, help="Skip the end-to-end chain check (parts only).")
 def build(
-    models: tuple[str, ...], weights: Path | None, precision: str, out: Path, no_chain: bool
+    models: tuple[str, ...],
+    weights: Path | None,
+    precisions: tuple[str, ...],
+    all_precisions: bool,
+    out: Path,
+    no_chain: bool,
 ) -> None:
-    """Export, validate and record engines (fails with a parity table on any difference)."""
+    """Export, validate and record engines (fp32 fails with a parity table on any difference;
+    lower precisions get a verdict in their manifest)."""
     from cvs_export.onnx_export import ExportError
     from cvs_export.validate import ParityError
 
     names = models or DEFAULT_BUILD_MODELS
     if weights is not None and len(names) != 1:
         raise click.UsageError("--weights needs exactly one --model")
+    wanted = PRECISIONS if all_precisions else tuple(dict.fromkeys(precisions or ("fp32",)))
     for name in names:
         _family(name)  # refuse a typo before the first slow build
     for name in names:
         try:
-            build_engine(
-                name,
-                weights=weights,
-                precision=cast(Precision, precision),
-                out_root=out,
-                chain=not no_chain,
-            )
+            if "fp32" in wanted:
+                build_engine(
+                    name, weights=weights, precision="fp32", out_root=out, chain=not no_chain
+                )
+            lower = [cast(Precision, p) for p in wanted if p != "fp32"]
+            if lower:
+                build_lower_precisions(name, lower, weights=weights, out_root=out)
         except ParityError as error:
             raise click.ClickException(
-                f"{name}: {error}\nrejected engine kept in {out / name / (precision + '.partial')}"
+                f"{name}: {error}\nrejected engine kept in {out / name / 'fp32.partial'}"
             ) from None
         except ExportError as error:
             raise click.ClickException(f"{name}: {error}") from None
+
+
+def build_lower_precisions(
+    name: str,
+    precisions: Sequence[Precision],
+    *,
+    weights: Path | None,
+    out_root: Path,
+    echo: Callable[[str], None] = click.echo,
+) -> list[Any]:
+    """Build each of `precisions` (not fp32) for one family, sharing its fp32 model and survey
+    prompts; returns the `PrecisionBuild`s."""
+    from cvs_evaluator.precision_compare import survey_requests
+    from cvs_export.precision_build import (
+        CALIBRATION_REQUESTS,
+        VERDICT_REQUESTS,
+        FamilyContext,
+        SurveySet,
+        build_precision_engine,
+    )
+    from cvs_families.checkpoint import CheckpointError, ensure_checkpoint, load_model
+
+    spec = _family(name)
+    try:
+        loaded = load_model(spec, ensure_checkpoint(spec, weights))
+    except CheckpointError as error:
+        raise BuildError(str(error)) from None
+    survey = SurveySet(
+        verdict=tuple(survey_requests(spec, loaded.tokenizer, count=VERDICT_REQUESTS, half=0)),
+        calibration=tuple(
+            survey_requests(spec, loaded.tokenizer, count=CALIBRATION_REQUESTS, half=1)
+        ),
+    )
+    context = FamilyContext(loaded=loaded, survey=survey)
+    return [
+        build_precision_engine(context, precision, out_root=out_root, echo=echo)
+        for precision in precisions
+    ]
+
+
+@main.command()
+@click.option("--model", required=True, help="Family name.")
+@click.argument("precisions", nargs=-1, required=True)
+@click.option(
+    "--engines",
+    "engines_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("engines"),
+    show_default=True,
+    help="Engines root (<root>/<model>/<precision>/).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the result stores go (resumable); default $CVS_CACHE/compare.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def compare(
+    model: str,
+    precisions: tuple[str, ...],
+    engines_root: Path,
+    out: Path | None,
+    no_progress: bool,
+) -> None:
+    """Compare engines of MODEL on the survey: the first precision is the reference (e.g.
+    `cvs-export compare --model smol fp32 int8-wo`). Scores all value questions × study
+    countries (text) on each, then prints layers kept, size, items/s, mean JS, top-1 agreement
+    and the largest section shift."""
+    from cvs_evaluator.precision_compare import compare_engines
+    from cvs_families.paths import cache_dir
+    from cvs_runtime.engine_manifest import ManifestError
+
+    _family(model)
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise click.UsageError(f"unknown precisions {unknown}; precisions: {', '.join(PRECISIONS)}")
+    if len(precisions) < 2:
+        raise click.UsageError("name a reference precision and at least one to compare with it")
+    try:
+        table = compare_engines(
+            model,
+            precisions,
+            engines_root=engines_root,
+            out_dir=out or cache_dir() / "compare",
+            progress=not no_progress,
+        )
+    except (ManifestError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(table)
 
 
 @main.command()

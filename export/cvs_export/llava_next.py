@@ -27,7 +27,7 @@ from torch import nn
 from transformers import LlavaNextConfig
 from transformers.cache_utils import DynamicCache
 
-from cvs_export.parts import PartSpec, Precision, TensorSpec, Tolerance
+from cvs_export.parts import PartSpec, TensorSpec, Tolerance, ToleranceClass
 from cvs_runtime.parts import PAST_PREFIX, PRESENT_PREFIX, cache_names
 
 PART_NAMES: tuple[str, ...] = ("vision", "embedding", "decoder")
@@ -103,21 +103,26 @@ def dims_of(config: Mapping[str, Any] | LlavaNextConfig) -> LlavaNextDims:
 
 # Tolerances. fp32 bounds are what ORT vs PyTorch must meet on inputs the model produces; they
 # stand a decade above the differences measured on the tiny families and smol (see the export
-# report), far below what a wrong position, tile or cache produces. fp16/int8 bounds are the
-# starting points for the precision issue (NOTES.md §3 drift figures), not yet exercised here.
-VISION_TOLERANCES: dict[Precision, Tolerance] = {
+# report), far below what a wrong position, tile or cache produces. Lower-precision bounds (vs
+# PyTorch fp32) are recorded per comparison in the manifest; an engine's verdict is decided by
+# the distribution-level targets of `cvs_export.precision`, which is what the issue measures.
+# The embedding is a gather: exact at fp32, one rounding (2^-11 fp16, 2^-8 bf16) below.
+VISION_TOLERANCES: dict[ToleranceClass, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-4),
     "fp16": Tolerance(atol=5e-2, rtol=5e-2),
+    "bf16": Tolerance(atol=2e-1, rtol=1e-1),
     "int8": Tolerance(atol=0.5, rtol=0.2),
 }
-EMBEDDING_TOLERANCES: dict[Precision, Tolerance] = {
+EMBEDDING_TOLERANCES: dict[ToleranceClass, Tolerance] = {
     "fp32": Tolerance(atol=0.0, rtol=0.0),  # a gather: exact
-    "fp16": Tolerance(atol=1e-3, rtol=1e-3),
-    "int8": Tolerance(atol=1e-2, rtol=1e-2),
+    "fp16": Tolerance(atol=1e-6, rtol=1e-3),
+    "bf16": Tolerance(atol=1e-6, rtol=8e-3),
+    "int8": Tolerance(atol=0.0, rtol=0.0),  # int8 recipes keep the embedding in fp32
 }
-DECODER_TOLERANCES: dict[Precision, Tolerance] = {
+DECODER_TOLERANCES: dict[ToleranceClass, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-4),
     "fp16": Tolerance(atol=5e-2, rtol=5e-2),
+    "bf16": Tolerance(atol=2e-1, rtol=1e-1),
     "int8": Tolerance(atol=1.0, rtol=0.2),
 }
 

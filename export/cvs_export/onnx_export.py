@@ -53,10 +53,14 @@ ALIGNMENT = 64
 """Byte alignment of each tensor in the weight file (cache-line; pages are not needed: onnxruntime
 maps the file at an aligned offset itself)."""
 
+BFLOAT16 = "bfloat16"
+"""`WeightEntry.dtype` of bfloat16 tensors (stored as raw 16-bit words)."""
 SLICE_BYTES = 32 * 2**20
 """Most bytes of one tensor copied at a time while the weight file is written."""
 
-_ENGINE_DTYPES: dict[Precision, torch.dtype] = {"fp32": torch.float32}
+_FLOAT_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+"""Precisions exported as a float graph of another type; every other precision exports fp32
+(the int8 recipes quantize the fp32 graph afterwards, `cvs_export.quantize`)."""
 
 
 class GraphSpecError(ValueError):
@@ -76,7 +80,7 @@ class WeightEntry:
     length: int
     """Bytes."""
     dtype: str
-    """numpy dtype name as stored."""
+    """numpy dtype name as stored (`bfloat16`, which numpy lacks, is written as its raw 16 bits)."""
     shape: tuple[int, ...]
     """Shape as stored (the model's own layout; never transposed)."""
 
@@ -110,13 +114,13 @@ class ExportResult:
 
 
 def engine_dtype(precision: Precision) -> torch.dtype:
-    """The torch dtype weights and activations take at `precision` (fp32 only in this stage)."""
-    if precision not in _ENGINE_DTYPES:
-        raise ExportError(
-            f"precision {precision} is not built by this stage yet; available: "
-            f"{sorted(_ENGINE_DTYPES)}"
-        )
-    return _ENGINE_DTYPES[precision]
+    """The torch dtype the exported graph's weights and activations take at `precision`:
+    float16/bfloat16 for fp16/bf16, float32 otherwise (int8 recipes quantize an fp32 graph)."""
+    from cvs_export.parts import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; precisions: {', '.join(PRECISIONS)}")
+    return _FLOAT_DTYPES.get(precision, torch.float32)
 
 
 def meta_twin(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -159,7 +163,8 @@ def dynamic_shapes_for(spec: PartSpec) -> tuple[Any, ...]:
 def trace_part(model_twin: nn.Module, spec: PartSpec, *, opset: int = OPSET) -> ir.Model:
     """Trace one part of a meta twin into an ONNX IR model (initializers without data)."""
     wrapper = part_module(model_twin, spec.name)
-    arrays = spec.dummy_inputs(spec.trace_sizes, device="meta")
+    dtype = next(model_twin.parameters()).dtype
+    arrays = spec.dummy_inputs(spec.trace_sizes, device="meta", float_dtype=dtype)
     with spec.trace_patches(), quiet_exporter():
         program = torch.onnx.export(
             wrapper,
@@ -438,13 +443,13 @@ def write_weights(
             offset += padding
             length, stored = _write_in_slices(out, view, dtype)
             entries[key] = WeightEntry(
-                offset=offset, length=length, dtype=stored.name, shape=tuple(view.shape)
+                offset=offset, length=length, dtype=stored, shape=tuple(view.shape)
             )
             offset += length
     return entries
 
 
-def _write_in_slices(out: Any, view: torch.Tensor, dtype: torch.dtype) -> tuple[int, np.dtype]:
+def _write_in_slices(out: Any, view: torch.Tensor, dtype: torch.dtype) -> tuple[int, str]:
     """Write `view` (floats cast to `dtype`) row block by row block; (bytes, stored dtype).
 
     A transposed or cast copy exists only for one block of at most `SLICE_BYTES` at a time, so
@@ -456,12 +461,17 @@ def _write_in_slices(out: Any, view: torch.Tensor, dtype: torch.dtype) -> tuple[
     row_bytes = max(1, view[0].numel() * target.itemsize)
     step = max(1, SLICE_BYTES // row_bytes)
     written = 0
-    stored = np.dtype("float32")
+    stored = "float32"
     for start in range(0, view.shape[0], step):
-        block = view[start : start + step].to(target).contiguous().cpu().numpy()
+        cast = view[start : start + step].to(target).contiguous().cpu()
+        if target == torch.bfloat16:  # numpy has no bfloat16: write the raw bits
+            block = cast.view(torch.int16).numpy()
+            stored = BFLOAT16
+        else:
+            block = cast.numpy()
+            stored = block.dtype.name
         block.tofile(out)
         written += block.nbytes
-        stored = block.dtype
     return written, stored
 
 
@@ -486,7 +496,9 @@ def _point_into_weights(
             WEIGHTS_FILE,
             entry.offset,
             entry.length,
-            ir.DataType.from_numpy(np.dtype(entry.dtype)),
+            ir.DataType.BFLOAT16
+            if entry.dtype == BFLOAT16
+            else ir.DataType.from_numpy(np.dtype(entry.dtype)),
             shape=ir.Shape(entry.shape),
             name=value.name or source,
             base_dir=out_dir,

@@ -22,9 +22,43 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import torch
 
-Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
-"""Every precision a spec states tolerances for; this stage builds fp32 engines."""
+Precision = Literal[
+    "fp32",
+    "fp16",
+    "bf16",
+    "int8-dyn",
+    "int8-dyn-pc",
+    "int8-dyn-pc-keep",
+    "int8-wo",
+    "int8-qdq",
+    "int8-qdq-smooth",
+]
+PRECISIONS: tuple[Precision, ...] = (
+    "fp32",
+    "fp16",
+    "bf16",
+    "int8-dyn",
+    "int8-dyn-pc",
+    "int8-dyn-pc-keep",
+    "int8-wo",
+    "int8-qdq",
+    "int8-qdq-smooth",
+)
+"""Every engine precision `cvs-export build` makes (recipes in `cvs_export.precision`)."""
+
+ToleranceClass = Literal["fp32", "fp16", "bf16", "int8"]
+TOLERANCE_CLASSES: tuple[ToleranceClass, ...] = ("fp32", "fp16", "bf16", "int8")
+"""Every number format a spec states part tolerances for; each int8 recipe uses `int8`'s."""
+
+
+def tolerance_class(precision: Precision) -> ToleranceClass:
+    """The number format whose tolerances apply to `precision` (every int8 recipe: `int8`)."""
+    if precision.startswith("int8"):
+        return "int8"
+    if precision not in TOLERANCE_CLASSES:
+        raise PartSpecError(f"unknown precision {precision!r}; precisions: {PRECISIONS}")
+    return precision  # fp32/fp16/bf16 name their own class
+
 
 DType = Literal["float", "int64"]
 """`float` is the engine's activation type (float32 for fp32 engines); ids and indices are int64."""
@@ -117,8 +151,8 @@ class PartSpec:
     """Axis sizes of the dummy inputs the graph is traced with."""
     check_sizes: tuple[Mapping[str, int], ...]
     """Axis sizes to validate at; every axis takes at least one size it was not traced at."""
-    tolerances: Mapping[Precision, Tolerance]
-    """Per precision, the elementwise bound every output must meet against PyTorch."""
+    tolerances: Mapping[ToleranceClass, Tolerance]
+    """Per number format, the elementwise bound every output must meet against PyTorch fp32."""
     grouped_inputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Wrapper arguments that are lists of tensors (the cache): argument name → input names."""
     trace_patches: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
@@ -156,9 +190,9 @@ class PartSpec:
             raise PartSpecError(
                 f"part {self.name}: grouped inputs {sorted(set(grouped) - input_names)} unknown"
             )
-        missing = [p for p in PRECISIONS if p not in self.tolerances]
+        missing = [p for p in TOLERANCE_CLASSES if p not in self.tolerances]
         if missing:
-            raise PartSpecError(f"part {self.name}: no tolerance for precisions {missing}")
+            raise PartSpecError(f"part {self.name}: no tolerance for number formats {missing}")
 
     def _check_sizes_cover(self, used: set[str]) -> None:
         for label, sizes in [
@@ -206,20 +240,26 @@ class PartSpec:
         return {t.name: t.dynamic_axes for t in (*self.inputs, *self.outputs) if t.dynamic_axes}
 
     def tolerance(self, precision: Precision) -> Tolerance:
-        """The bound outputs must meet at `precision`."""
-        return self.tolerances[precision]
+        """The bound outputs must meet at `precision` (its number format's)."""
+        return self.tolerances[tolerance_class(precision)]
 
     def dummy_inputs(
-        self, sizes: Mapping[str, int], *, device: str = "cpu", seed: int = 0
+        self,
+        sizes: Mapping[str, int],
+        *,
+        device: str = "cpu",
+        seed: int = 0,
+        float_dtype: torch.dtype | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Inputs of the declared names, dtypes and shapes (`sizes` gives the axes)."""
+        """Inputs of the declared names, dtypes and shapes (`sizes` gives the axes); `float`
+        tensors take `float_dtype` (float32 by default: the engine's activation type)."""
         import torch
 
         generator = torch.Generator().manual_seed(seed)
         arrays: dict[str, torch.Tensor] = {}
         for tensor in self.inputs:
             shape = tensor.concrete_shape(sizes)
-            dtype = torch.float32 if tensor.dtype == "float" else torch.int64
+            dtype = (float_dtype or torch.float32) if tensor.dtype == "float" else torch.int64
             arrays[tensor.name] = _filled(tensor.fill, shape, dtype, sizes, generator).to(device)
         return arrays
 

@@ -58,7 +58,7 @@ SOURCE_PRECISION: dict[TrtPrecision, str] = {
     "fp32": "fp32",
     "fp16": "fp32",
     "bf16": "fp32",
-    "int8": "int8",
+    "int8": "int8-qdq",
 }
 """The ONNX engine each TensorRT precision is built from: the fp32 export (TensorRT lowers it),
 or for int8 the symmetric Q/DQ export."""
@@ -73,9 +73,10 @@ stores its weights as int8)."""
 VALIDATION_PRECISION: dict[TrtPrecision, Precision] = {
     "fp32": "fp32",
     "fp16": "fp16",
-    "int8": "int8",
+    "bf16": "bf16",
+    "int8": "int8-qdq",
 }
-"""Whose tolerances a TensorRT precision is validated with (bf16 has none yet)."""
+"""Whose tolerances a TensorRT precision is validated with (int8: the Q/DQ recipe's)."""
 DERIVED_AXES: dict[str, tuple[str, str]] = {"total": ("past", "seq")}
 """Axes that are sums of others at every point (the vocabulary's `total` = past + seq)."""
 DEFAULT_MAXIMA: dict[str, int] = {"batch": 8, "tiles": 5, "seq": 4096, "past": 4096, "k": 1}

@@ -6,7 +6,8 @@ and sha256, and the validation results. The export stage writes it (cvs_export.m
 runtime reads and checks it here, because the runtime may not import the export package.
 
 At load the runtime refuses an engine whose manifest does not match what was asked (family,
-precision, checkpoint) or whose files changed, naming the field that differs. Hashing a 145 GB
+precision, checkpoint) or whose files changed, naming the field that differs, and a
+lower-precision engine whose accuracy verdict failed unless the caller allows it. Hashing a 145 GB
 engine on every load is not acceptable, so the load-time check compares size and modification
 time; full sha256 hashes are computed at build time and by `cvs-export verify`. Stdlib only.
 """
@@ -85,7 +86,7 @@ class EngineManifest:
     checkpoint_fingerprint: str
     """sha256 over the checkpoint's config, weights and tokenizer it was exported from."""
     precision: str
-    """fp32, fp16 or int8."""
+    """fp32, fp16, bf16 or an int8 recipe (`int8-wo`, `int8-qdq`, …: cvs_export.precision)."""
     opset: int
     """ONNX opset of every graph."""
     exporter: str
@@ -97,7 +98,9 @@ class EngineManifest:
     files: list[FileRecord]
     """Every file of the engine except the manifest itself."""
     validation: dict[str, Any]
-    """Parity results at build time (tables, chain check); `passed` must be true."""
+    """Parity results at build time (tables, chain check). `passed` must be true; below fp32,
+    `verdict` holds the accuracy figures against fp32 and their targets, and `passed` is the
+    verdict (a failing one is loaded only when explicitly allowed)."""
     export: dict[str, Any] = field(default_factory=dict)
     """Export time, memory peaks and sizes, for the record."""
     schema_version: int = SCHEMA_VERSION
@@ -170,10 +173,13 @@ def check_engine(
     family: str | None = None,
     precision: str | None = None,
     checkpoint_fingerprint: str | None = None,
+    allow_failed_verdict: bool = False,
 ) -> EngineManifest:
     """Load-time check: the manifest matches what is asked and no file changed (size, mtime).
 
-    Raises EngineMismatch naming the first field that differs.
+    Raises EngineMismatch naming the first field that differs. A lower-precision engine whose
+    accuracy verdict failed (or that could not be run where it was built) is refused unless
+    `allow_failed_verdict`; an engine whose validation failed without a verdict (fp32) always is.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -187,9 +193,19 @@ def check_engine(
                 name, f"{folder}: engine refused: {name} is {found!r}, {wanted!r} was asked for"
             )
     if manifest.validation.get("passed") is not True:
-        raise EngineMismatch(
-            "validation.passed", f"{folder}: engine refused: its build validation did not pass"
-        )
+        verdict = manifest.validation.get("verdict")
+        if not isinstance(verdict, dict):
+            raise EngineMismatch(
+                "validation.passed", f"{folder}: engine refused: its build validation did not pass"
+            )
+        if not allow_failed_verdict:
+            failures = "; ".join(str(f) for f in verdict.get("failures", [])) or "failed"
+            raise EngineMismatch(
+                "validation.verdict",
+                f"{folder}: engine refused: its {manifest.precision} accuracy verdict against "
+                f"fp32 failed ({failures}); to use it anyway pass allow_failed_verdict=True "
+                "(cvs-eval --allow-failed-engine)",
+            )
     recorded = {f.name for f in manifest.files}
     for part, part_record in manifest.parts.items():
         if part_record.file not in recorded:

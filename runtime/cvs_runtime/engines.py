@@ -52,9 +52,12 @@ def open_engine(
     family: str,
     precision: str,
     checkpoint_fingerprint: str | None = None,
+    allow_failed_verdict: bool = False,
 ) -> PartRunner:
     """The engine in `folder` on backend `kind`, after its manifest is checked against the
-    family, precision and checkpoint asked for (a mismatch names the differing field)."""
+    family, precision and checkpoint asked for (a mismatch names the differing field); a
+    lower-precision engine whose accuracy verdict failed is refused unless
+    `allow_failed_verdict`."""
     if kind not in ENGINE_BACKENDS:
         close = difflib.get_close_matches(kind, ENGINE_BACKENDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -69,6 +72,7 @@ def open_engine(
         family=family,
         precision=precision,
         checkpoint_fingerprint=checkpoint_fingerprint,
+        allow_failed_verdict=allow_failed_verdict,
     )
 
 

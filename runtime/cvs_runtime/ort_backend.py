@@ -98,6 +98,7 @@ class OrtParts:
         family: str | None = None,
         precision: str | None = None,
         checkpoint_fingerprint: str | None = None,
+        allow_failed_verdict: bool = False,
         config: OrtSessionConfig | None = None,
     ) -> OrtParts:
         """Sessions for the engine in `folder`, after the load-time manifest check."""
@@ -106,6 +107,7 @@ class OrtParts:
             family=family,
             precision=precision,
             checkpoint_fingerprint=checkpoint_fingerprint,
+            allow_failed_verdict=allow_failed_verdict,
         )
         files = {part: Path(folder) / record.file for part, record in manifest.parts.items()}
         return cls(files, config, manifest)

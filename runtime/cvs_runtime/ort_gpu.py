@@ -258,6 +258,7 @@ class OrtGpuParts:
         family: str | None = None,
         precision: str | None = None,
         checkpoint_fingerprint: str | None = None,
+        allow_failed_verdict: bool = False,
         config: OrtSessionConfig | None = None,
         cuda: CudaOptions | None = None,
         tensorrt: TensorrtOptions | None = None,
@@ -268,6 +269,7 @@ class OrtGpuParts:
             family=family,
             precision=precision,
             checkpoint_fingerprint=checkpoint_fingerprint,
+            allow_failed_verdict=allow_failed_verdict,
         )
         files = {part: Path(folder) / record.file for part, record in manifest.parts.items()}
         return cls(files, engine, config=config, cuda=cuda, tensorrt=tensorrt, manifest=manifest)

@@ -144,12 +144,17 @@ def check_trt_engine(
     family: str | None = None,
     precision: str | None = None,
     checkpoint_fingerprint: str | None = None,
+    allow_failed_verdict: bool = False,
 ) -> tuple[EngineManifest, TensorRTRecord]:
     """The load-time check of a TensorRT engine folder (no TensorRT needed): the manifest's
     own check (family, precision, checkpoint, file sizes and mtimes, validation), then the
     TensorRT version and GPU model."""
     manifest = check_engine(
-        folder, family=family, precision=precision, checkpoint_fingerprint=checkpoint_fingerprint
+        folder,
+        family=family,
+        precision=precision,
+        checkpoint_fingerprint=checkpoint_fingerprint,
+        allow_failed_verdict=allow_failed_verdict,
     )
     record = tensorrt_record(manifest, folder)
     check_tensorrt_record(record, tensorrt_version=tensorrt_version, gpu=gpu, folder=folder)
@@ -331,6 +336,7 @@ class TrtParts:
         family: str | None = None,
         precision: str | None = None,
         checkpoint_fingerprint: str | None = None,
+        allow_failed_verdict: bool = False,
         device: int = 0,
     ) -> TrtParts:
         """The engine in `folder`, after the manifest check and the TensorRT/GPU refusal."""
@@ -343,6 +349,7 @@ class TrtParts:
             family=family,
             precision=precision,
             checkpoint_fingerprint=checkpoint_fingerprint,
+            allow_failed_verdict=allow_failed_verdict,
         )
         files = {part: Path(folder) / record.file for part, record in manifest.parts.items()}
         return cls(files, device=device, manifest=manifest)

@@ -37,10 +37,11 @@ def test_weights_need_exactly_one_model(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--weights needs exactly one --model" in result.output
 
 
-def test_an_unbuilt_precision_is_a_clear_error(tmp_path: Path) -> None:
+def test_an_unknown_precision_is_a_clear_error(tmp_path: Path) -> None:
     result = invoke("build", "--model", "tiny-yi", "--precision", "int8", "--out", str(tmp_path))
-    assert result.exit_code == 1
-    assert "int8 is not built by this stage" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2
+    assert "'int8' is not one of" in result.output and "int8-qdq" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_a_real_family_without_weights_is_a_clear_error(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,7 @@ def engine(tmp_path: Path) -> Path:
     return tmp_path / "engine"
 
 
-def refused(folder: Path, **asked: str) -> EngineMismatch:
+def refused(folder: Path, **asked: Any) -> EngineMismatch:
     with pytest.raises(EngineMismatch) as raised:
         check_engine(folder, **asked)
     return raised.value
@@ -208,3 +209,27 @@ def test_records_hash_the_bytes(engine: Path) -> None:
     data = (engine / "weights.bin").read_bytes()
     assert record.sha256 == hashlib.sha256(data).hexdigest() and record.size == len(data)
     assert dataclasses.asdict(record)["mtime_ns"] == (engine / "weights.bin").stat().st_mtime_ns
+
+
+def test_allowing_failed_verdicts_never_admits_a_failed_fp32_validation(tmp_path: Path) -> None:
+    make_engine(tmp_path / "bad", passed=False)  # no verdict: an fp32 parity failure
+    with pytest.raises(EngineMismatch) as raised:
+        check_engine(tmp_path / "bad", allow_failed_verdict=True)
+    assert raised.value.field == "validation.passed"
+
+
+def test_a_failed_verdict_names_its_failures_and_the_way_round(tmp_path: Path) -> None:
+    folder = tmp_path / "int8"
+    manifest = make_engine(folder, passed=False)
+    verdict = {"passed": False, "ran": True, "failures": ["mean JS 0.2 > 0.02"]}
+    write_manifest(
+        folder,
+        dataclasses.replace(
+            manifest, precision="int8-dyn", validation={"passed": False, "verdict": verdict}
+        ),
+    )
+    error = refused(folder)
+    assert error.field == "validation.verdict"
+    assert "int8-dyn accuracy verdict" in str(error) and "mean JS 0.2 > 0.02" in str(error)
+    assert "allow_failed_verdict=True" in str(error) and "--allow-failed-engine" in str(error)
+    assert check_engine(folder, allow_failed_verdict=True).precision == "int8-dyn"

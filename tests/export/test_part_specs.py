@@ -6,10 +6,18 @@ import pytest
 import torch
 
 from cvs_export.llava_next import dims_of, part_specs
-from cvs_export.parts import AXES, PRECISIONS, PartSpec, PartSpecError, TensorSpec, Tolerance
+from cvs_export.parts import (
+    AXES,
+    TOLERANCE_CLASSES,
+    PartSpec,
+    PartSpecError,
+    TensorSpec,
+    Tolerance,
+    tolerance_class,
+)
 from cvs_families.registry import get_family
 
-TOL = {p: Tolerance(1e-4, 1e-4) for p in PRECISIONS}
+TOL = {p: Tolerance(1e-4, 1e-4) for p in TOLERANCE_CLASSES}
 
 
 def make_spec(**changes: object) -> PartSpec:
@@ -61,8 +69,19 @@ def test_no_check_sizes_is_rejected() -> None:
 
 
 def test_a_missing_precision_tolerance_is_rejected() -> None:
-    with pytest.raises(PartSpecError, match=r"no tolerance for precisions \['int8'\]"):
-        make_spec(tolerances={"fp32": TOL["fp32"], "fp16": TOL["fp16"]})
+    with pytest.raises(PartSpecError, match=r"no tolerance for number formats \['int8'\]"):
+        make_spec(tolerances={"fp32": TOL["fp32"], "fp16": TOL["fp16"], "bf16": TOL["bf16"]})
+
+
+def test_every_int8_recipe_takes_the_int8_tolerance() -> None:
+    spec = make_spec(tolerances={**TOL, "int8": Tolerance(0.5, 0.25)})
+    assert spec.tolerance("int8-qdq") == spec.tolerance("int8-wo") == Tolerance(0.5, 0.25)
+    assert spec.tolerance("bf16") == TOL["bf16"] and tolerance_class("fp16") == "fp16"
+
+
+def test_an_unknown_precision_has_no_tolerance_class() -> None:
+    with pytest.raises(PartSpecError, match="unknown precision 'int4'"):
+        tolerance_class("int4")  # type: ignore[arg-type]
 
 
 def test_repeated_tensor_names_are_rejected() -> None:

@@ -49,9 +49,18 @@ def test_plan_shapes_name_the_cache_axes() -> None:
     assert "decoder" in plan.table() and "34.752B" in plan.table()
 
 
-def test_unbuilt_precisions_are_refused() -> None:
-    with pytest.raises(ExportError, match="fp16 is not built by this stage"):
-        plan_export("yi34b", get_family("yi34b").config, "fp16")
+def test_an_fp16_plan_holds_half_the_weight_bytes() -> None:
+    config = get_family("yi34b").config
+    fp32 = plan_export("yi34b", config, "fp32")
+    fp16 = plan_export("yi34b", config, "fp16")
+    # Floats halve; integer buffers and 64-byte alignment padding do not (a few kB).
+    assert fp16.weights_file_bytes * 2 == pytest.approx(fp32.weights_file_bytes, rel=1e-4)
+    assert fp16.weights_file_bytes * 2 >= fp32.weights_file_bytes
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ExportError, match="unknown precision 'int4'"):
+        plan_export("yi34b", get_family("yi34b").config, "int4")  # type: ignore[arg-type]
 
 
 def test_peak_memory_sees_a_phase_allocation() -> None:
