@@ -52,10 +52,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Default: tiny-vicuna, tiny-yi, tiny-qwen and smol at fp32. `make engines MODEL=yi34b
-# WEIGHTS=DIR` builds one real checkpoint.
+# Default: tiny-vicuna, tiny-yi, tiny-qwen and smol at every precision (fp32 must pass parity;
+# lower precisions record a verdict). `make engines MODEL=yi34b WEIGHTS=DIR` builds one real
+# checkpoint; PRECISIONS="--precision fp16" narrows the set.
+PRECISIONS ?= --all-precisions
 engines: $(STAMP)
-	$(BIN)/cvs-export build $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(BIN)/cvs-export build $(PRECISIONS) $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
