@@ -500,3 +500,12 @@ def session_worker(folder: Path, batch: int, tokens: int, threads: int, share: b
 
 if __name__ == "__main__":
     main()
+
+
+def _register_build_trt() -> None:
+    from cvs_export.cli_trt import build_trt
+
+    main.add_command(build_trt)
+
+
+_register_build_trt()

@@ -1,0 +1,100 @@
+"""`cvs-export build-trt`: TensorRT plans from a model's validated ONNX engine.
+
+The step between `cvs-export build` and `cvs-eval --engine trt`: it reads the ONNX engine in
+`<out>/<model>/<source precision>/`, checks every node against TensorRT's operator list, builds
+one plan per part with optimisation profiles from the part specs, validates the plans against
+the PyTorch reference and records them in `<out>/<model>/trt-<precision>/manifest.json`.
+TensorRT is imported only when a build starts; without it the command says which extra to
+install.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import click
+
+
+@click.command(name="build-trt", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", required=True, help="Family name (its ONNX engine must exist).")
+@click.option(
+    "--weights",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local checkpoint folder (real families), for the parity check.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+    default="fp16",
+    show_default=True,
+    help="Builder precision: fp16/bf16/fp32 from the fp32 ONNX engine, int8 from int8-qdq.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("engines"),
+    show_default=True,
+    help="Engines root: reads <out>/<model>/<source>/, writes <out>/<model>/trt-<precision>/.",
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TensorRT timing cache file, read if present and written back.",
+)
+@click.option("--workspace-gib", type=float, help="TensorRT workspace limit (default: device).")
+@click.option("--device", default=0, show_default=True, help="CUDA device.")
+def build_trt(
+    model: str,
+    weights: Path | None,
+    precision: str,
+    out: Path,
+    timing_cache: Path | None,
+    workspace_gib: float | None,
+    device: int,
+) -> None:
+    """Build and validate TensorRT plans of MODEL's ONNX engine (needs an NVIDIA GPU).
+
+    \b
+    Example (a GPU server with `pip install 'cvs-eval[trt]'`):
+      cvs-export build --model yi34b --weights /models/llava-v1.6-34b-hf
+      cvs-export build-trt --model yi34b --weights /models/llava-v1.6-34b-hf --precision fp16
+      cvs-eval --engine trt --precision fp16 --model yi34b --weights /models/llava-v1.6-34b-hf
+    """
+    from cvs_export.llava_next import part_specs
+    from cvs_export.trt_build import (
+        SOURCE_PRECISION,
+        TrtBuildError,
+        TrtBuildOptions,
+        build_trt_engine,
+    )
+    from cvs_export.trt_ops import UnsupportedOpsError
+    from cvs_export.validate import ParityError
+    from cvs_families.checkpoint import CheckpointError, ensure_checkpoint, load_model
+    from cvs_families.registry import UnknownFamilyError, get_family
+    from cvs_runtime.engine_manifest import ManifestError
+    from cvs_runtime.trt_backend import TensorRTUnavailable
+
+    try:
+        spec = get_family(model)
+        source = out / spec.name / SOURCE_PRECISION[cast(Any, precision)]
+        if not (source / "manifest.json").is_file():
+            raise click.ClickException(
+                f"no ONNX engine in {source}: build it first with `cvs-export build --model "
+                f"{spec.name} --precision {source.name}`"
+            )
+        loaded = load_model(spec, ensure_checkpoint(spec, weights))
+        options = TrtBuildOptions(
+            precision=cast(Any, precision),
+            timing_cache=timing_cache,
+            workspace_bytes=None if workspace_gib is None else int(workspace_gib * 2**30),
+            device=device,
+        )
+        summary = build_trt_engine(
+            source, part_specs(spec.config), out, options, loaded, echo=click.echo
+        )
+    except (UnknownFamilyError, CheckpointError, ManifestError, TensorRTUnavailable) as error:
+        raise click.ClickException(str(error)) from error
+    except (TrtBuildError, UnsupportedOpsError, ParityError) as error:
+        raise click.ClickException(f"TensorRT build failed: {error}") from error
+    click.echo(f"{spec.name} trt-{precision}: engine in {summary.folder}")
