@@ -65,52 +65,20 @@ def session_options(config: OrtSessionConfig) -> ort.SessionOptions:
     return options
 
 
-class OrtParts:
-    """The parts of one engine as onnxruntime CPU sessions (implements `PartRunner`)."""
+class SessionParts:
+    """onnxruntime sessions, one per part, behind the part interface (`PartRunner`); the CPU
+    and GPU backends differ only in how they create the sessions."""
 
     def __init__(
-        self,
-        part_files: Mapping[str, Path],
-        config: OrtSessionConfig | None = None,
-        manifest: EngineManifest | None = None,
+        self, sessions: Mapping[str, ort.InferenceSession], manifest: EngineManifest | None
     ) -> None:
-        self.config = config or OrtSessionConfig()
-        """The session options used."""
         self.manifest = manifest
         """The checked manifest, when opened from an engine folder."""
-        options = session_options(self.config)
-        self._sessions = {
-            part: ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-            for part, path in part_files.items()
-        }
+        self._sessions = dict(sessions)
         self._input_types = {
             part: {i.name: _NUMPY_TYPES[i.type] for i in session.get_inputs()}
             for part, session in self._sessions.items()
         }
-
-    @classmethod
-    def open(
-        cls,
-        folder: Path,
-        *,
-        family: str | None = None,
-        precision: str | None = None,
-        checkpoint_fingerprint: str | None = None,
-        allow_failed_verdict: bool = False,
-        config: OrtSessionConfig | None = None,
-    ) -> OrtParts:
-        """Sessions for the engine in `folder`, after the load-time manifest check."""
-        manifest = check_engine(
-            folder,
-            family=family,
-            precision=precision,
-            checkpoint_fingerprint=checkpoint_fingerprint,
-            allow_failed_verdict=allow_failed_verdict,
-        )
-        files = {part: Path(folder) / record.file for part, record in manifest.parts.items()}
-        return cls(files, config, manifest)
 
     @property
     def part_names(self) -> tuple[str, ...]:
@@ -150,6 +118,49 @@ class OrtParts:
         feeds = {name: as_feed(inputs[name], types[name]) for name in types}
         results = self._sessions[part].run(names, feeds)
         return dict(zip(names, results, strict=True))
+
+
+class OrtParts(SessionParts):
+    """The parts of one engine as onnxruntime CPU sessions (implements `PartRunner`)."""
+
+    def __init__(
+        self,
+        part_files: Mapping[str, Path],
+        config: OrtSessionConfig | None = None,
+        manifest: EngineManifest | None = None,
+    ) -> None:
+        self.config = config or OrtSessionConfig()
+        """The session options used."""
+        options = session_options(self.config)
+        sessions = {
+            part: ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            for part, path in part_files.items()
+        }
+        super().__init__(sessions, manifest)
+
+    @classmethod
+    def open(
+        cls,
+        folder: Path,
+        *,
+        family: str | None = None,
+        precision: str | None = None,
+        checkpoint_fingerprint: str | None = None,
+        allow_failed_verdict: bool = False,
+        config: OrtSessionConfig | None = None,
+    ) -> OrtParts:
+        """Sessions for the engine in `folder`, after the load-time manifest check."""
+        manifest = check_engine(
+            folder,
+            family=family,
+            precision=precision,
+            checkpoint_fingerprint=checkpoint_fingerprint,
+            allow_failed_verdict=allow_failed_verdict,
+        )
+        files = {part: Path(folder) / record.file for part, record in manifest.parts.items()}
+        return cls(files, config, manifest)
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
 import onnxruntime as ort
-from numpy.typing import NDArray
 
 from cvs_runtime.engine_manifest import EngineManifest, check_engine
-from cvs_runtime.ort_backend import OrtSessionConfig, session_options
-from cvs_runtime.parts import PartError, as_feed, check_feeds, check_part
+from cvs_runtime.ort_backend import OrtSessionConfig, SessionParts, session_options
 
 OrtEngine = Literal["ort", "ort-cuda", "ort-trt"]
 """onnxruntime on the CPU, on the CUDA provider, or on the TensorRT provider (CUDA beside it)."""
@@ -45,12 +42,6 @@ uninstall `onnxruntime` first)."""
 TRT_EXTRA = "pip install 'cvs-eval[gpu,trt]'"
 """What adds the TensorRT libraries the TensorRT provider loads."""
 
-_NUMPY_TYPES: dict[str, type[np.generic]] = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-}
 Shape = tuple[int, ...]
 
 
@@ -222,7 +213,7 @@ def gpu_session(
     return session
 
 
-class OrtGpuParts:
+class OrtGpuParts(SessionParts):
     """The parts of one engine as onnxruntime sessions on CPU, CUDA or TensorRT providers
     (implements `PartRunner`); creation fails unless every session got its providers."""
 
@@ -238,16 +229,11 @@ class OrtGpuParts:
     ) -> None:
         self.engine = engine
         """Which providers the sessions run on."""
-        self.manifest = manifest
-        """The checked manifest, when opened from an engine folder."""
-        self._sessions = {
+        sessions = {
             part: gpu_session(Path(path), engine, part, config=config, cuda=cuda, tensorrt=tensorrt)
             for part, path in part_files.items()
         }
-        self._input_types = {
-            part: {i.name: _NUMPY_TYPES[i.type] for i in session.get_inputs()}
-            for part, session in self._sessions.items()
-        }
+        super().__init__(sessions, manifest)
 
     @classmethod
     def open(
@@ -273,42 +259,3 @@ class OrtGpuParts:
         )
         files = {part: Path(folder) / record.file for part, record in manifest.parts.items()}
         return cls(files, engine, config=config, cuda=cuda, tensorrt=tensorrt, manifest=manifest)
-
-    @property
-    def part_names(self) -> tuple[str, ...]:
-        """The parts this engine holds."""
-        return tuple(self._sessions)
-
-    def input_names(self, part: str) -> tuple[str, ...]:
-        """Input names of `part`, in graph order."""
-        check_part(part, self.part_names)
-        return tuple(i.name for i in self._sessions[part].get_inputs())
-
-    def output_names(self, part: str) -> tuple[str, ...]:
-        """Output names of `part`, in graph order."""
-        check_part(part, self.part_names)
-        return tuple(o.name for o in self._sessions[part].get_outputs())
-
-    def providers(self, part: str) -> list[str]:
-        """Execution providers the session of `part` really has."""
-        check_part(part, self.part_names)
-        return list(self._sessions[part].get_providers())
-
-    def run(
-        self,
-        part: str,
-        inputs: Mapping[str, NDArray[Any]],
-        outputs: Sequence[str] | None = None,
-    ) -> dict[str, NDArray[Any]]:
-        """Run `part` on exactly its named inputs; return the named outputs (all by default)."""
-        check_part(part, self.part_names)
-        types = self._input_types[part]
-        check_feeds(part, list(types), inputs)
-        available = self.output_names(part)
-        names = list(outputs) if outputs is not None else list(available)
-        unknown = [n for n in names if n not in available]
-        if unknown:
-            raise PartError(f"part {part} has no outputs {unknown}; outputs: {list(available)}")
-        feeds = {name: as_feed(inputs[name], types[name]) for name in types}
-        results = self._sessions[part].run(names, feeds)
-        return dict(zip(names, results, strict=True))
