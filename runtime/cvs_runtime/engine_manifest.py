@@ -238,3 +238,22 @@ def check_file_stat(folder: Path, record: FileRecord) -> None:
             f"{folder}: engine file {record.name} was modified since build (mtime differs); "
             "run `cvs-export verify` to re-hash it",
         )
+
+
+def checked_part_files(
+    folder: Path,
+    *,
+    family: str | None = None,
+    precision: str | None = None,
+    checkpoint_fingerprint: str | None = None,
+    allow_failed_verdict: bool = False,
+) -> tuple[EngineManifest, dict[str, Path]]:
+    """`check_engine`, then each part's graph file: what every ONNX backend opens."""
+    manifest = check_engine(
+        folder,
+        family=family,
+        precision=precision,
+        checkpoint_fingerprint=checkpoint_fingerprint,
+        allow_failed_verdict=allow_failed_verdict,
+    )
+    return manifest, {part: Path(folder) / rec.file for part, rec in manifest.parts.items()}

@@ -25,8 +25,8 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from cvs_runtime.engine_manifest import EngineManifest, check_engine
-from cvs_runtime.parts import PartError, as_feed, check_feeds, check_part
+from cvs_runtime.engine_manifest import EngineManifest, checked_part_files
+from cvs_runtime.parts import as_feed, check_feeds, check_part, select_outputs
 
 _NUMPY_TYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
@@ -111,10 +111,7 @@ class SessionParts:
         types = self._input_types[part]
         check_feeds(part, list(types), inputs)
         available = self.output_names(part)
-        names = list(outputs) if outputs is not None else list(available)
-        unknown = [n for n in names if n not in available]
-        if unknown:
-            raise PartError(f"part {part} has no outputs {unknown}; outputs: {list(available)}")
+        names = select_outputs(part, available, outputs)
         feeds = {name: as_feed(inputs[name], types[name]) for name in types}
         results = self._sessions[part].run(names, feeds)
         return dict(zip(names, results, strict=True))
@@ -152,14 +149,13 @@ class OrtParts(SessionParts):
         config: OrtSessionConfig | None = None,
     ) -> OrtParts:
         """Sessions for the engine in `folder`, after the load-time manifest check."""
-        manifest = check_engine(
+        manifest, files = checked_part_files(
             folder,
             family=family,
             precision=precision,
             checkpoint_fingerprint=checkpoint_fingerprint,
             allow_failed_verdict=allow_failed_verdict,
         )
-        files = {part: Path(folder) / record.file for part, record in manifest.parts.items()}
         return cls(files, config, manifest)
 
 

@@ -28,7 +28,7 @@ from typing import Literal
 
 import onnxruntime as ort
 
-from cvs_runtime.engine_manifest import EngineManifest, check_engine
+from cvs_runtime.engine_manifest import EngineManifest, checked_part_files
 from cvs_runtime.ort_backend import OrtSessionConfig, SessionParts, session_options
 
 OrtEngine = Literal["ort", "ort-cuda", "ort-trt"]
@@ -250,12 +250,11 @@ class OrtGpuParts(SessionParts):
         tensorrt: TensorrtOptions | None = None,
     ) -> OrtGpuParts:
         """Sessions for the engine in `folder`, after the load-time manifest check."""
-        manifest = check_engine(
+        manifest, files = checked_part_files(
             folder,
             family=family,
             precision=precision,
             checkpoint_fingerprint=checkpoint_fingerprint,
             allow_failed_verdict=allow_failed_verdict,
         )
-        files = {part: Path(folder) / record.file for part, record in manifest.parts.items()}
         return cls(files, engine, config=config, cuda=cuda, tensorrt=tensorrt, manifest=manifest)

@@ -70,6 +70,15 @@ def past_from_present(outputs: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[
     }
 
 
+def select_outputs(part: str, available: Sequence[str], outputs: Sequence[str] | None) -> list[str]:
+    """The outputs to return: `outputs` (checked to exist) or all of `available`."""
+    names = list(outputs) if outputs is not None else list(available)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise PartError(f"part {part} has no outputs {unknown}; outputs: {list(available)}")
+    return names
+
+
 def check_feeds(part: str, expected: Sequence[str], inputs: Mapping[str, NDArray[Any]]) -> None:
     """Raise PartError naming missing or unexpected inputs of `part`."""
     missing = [n for n in expected if n not in inputs]

@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cvs_runtime.engine_manifest import EngineManifest, EngineMismatch, check_engine
-from cvs_runtime.parts import PartError, check_feeds, check_part
+from cvs_runtime.parts import PartError, check_feeds, check_part, select_outputs
 
 TRT_EXTRA = "pip install 'cvs-eval[trt]'"
 """What installs TensorRT and cuda-python."""
@@ -417,10 +417,7 @@ class TrtParts:
         check_part(part, self.part_names)
         plan = self._plans[part]
         check_feeds(part, plan.inputs, inputs)
-        names = list(outputs) if outputs is not None else list(plan.outputs)
-        unknown = [n for n in names if n not in plan.outputs]
-        if unknown:
-            raise PartError(f"part {part} has no outputs {unknown}; outputs: {list(plan.outputs)}")
+        names = select_outputs(part, plan.outputs, outputs)
         feeds = {n: np.ascontiguousarray(inputs[n], dtype=plan.dtypes[n]) for n in plan.inputs}
         profile = choose_profile(part, {n: a.shape for n, a in feeds.items()}, plan.profiles)
         if profile != plan.profile:

@@ -27,6 +27,7 @@ from cvs_runtime.parts import (
     cache_names,
     check_feeds,
     past_from_present,
+    select_outputs,
 )
 
 
@@ -200,3 +201,13 @@ def test_process_memory_reads_rss_pss_and_uss() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_select_outputs_defaults_to_all_and_names_an_unknown_one() -> None:
+    assert select_outputs("decoder", ("logits", "present.0.key"), None) == [
+        "logits",
+        "present.0.key",
+    ]
+    assert select_outputs("decoder", ("logits", "present.0.key"), ["logits"]) == ["logits"]
+    with pytest.raises(PartError, match=r"part decoder has no outputs \['lgits'\]"):
+        select_outputs("decoder", ("logits",), ["lgits"])
