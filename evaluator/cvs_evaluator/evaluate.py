@@ -1,16 +1,17 @@
 """The evaluation: WVS questions × countries (× images) → model option distributions → alignment.
 
-`run_evaluation` builds the prompts, scores them on an engine batch by batch into a resumable
-`ResultStore`, and `alignment_tables` compares the stored distributions with each country's
-human answers, section by section, beside the human baselines.
+`run_evaluation` builds the prompts, hands them to a scorer image by image (all text prompts
+at once), writes each batch to a resumable `ResultStore` as the scorer finishes it, and
+`alignment_tables` compares the stored distributions with each country's human answers, section
+by section, beside the human baselines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,13 @@ from tqdm import tqdm
 from cvs_evaluator.aggregate import permutation_tests, question_similarities, section_means
 from cvs_evaluator.baselines import section_baselines
 from cvs_evaluator.metrics import item_similarities
-from cvs_evaluator.prompts import Condition, PromptItem, build_prompt_set, to_request
+from cvs_evaluator.prompts import (
+    Condition,
+    PromptItem,
+    build_prompt_set,
+    encode_prompt,
+    to_request,
+)
 from cvs_evaluator.questions import Question, QuestionBank
 from cvs_evaluator.results import ResultRow, ResultStore, model_long
 
@@ -28,8 +35,26 @@ if TYPE_CHECKING:
     from cvs_families.spec import FamilySpec, PreparedImage
     from cvs_runtime.requests import ScoredItem, ScoringRequest
 
-Scorer = Callable[[Sequence["ScoringRequest"]], list["ScoredItem"]]
-"""Scores a batch of requests (the reference scorer's `score_items`, or an engine's)."""
+ScoredBatches = Iterable[tuple[Sequence[int], Sequence["ScoredItem"]]]
+"""(request indices, their scored items) per finished batch, in any order."""
+Scorer = Callable[[Sequence["ScoringRequest"]], ScoredBatches]
+"""Scores a run's requests batch by batch (the reference scorer's `stream`, or an engine's)."""
+
+
+def in_batches(
+    score_items: Callable[[Sequence[ScoringRequest]], list[ScoredItem]], batch_size: int
+) -> Scorer:
+    """A `Scorer` from a function that scores a list at once, called on slices of
+    `batch_size` requests."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
+
+    def stream(requests: Sequence[ScoringRequest]) -> Iterator[tuple[list[int], list[Any]]]:
+        for start in range(0, len(requests), batch_size):
+            indices = list(range(start, min(start + batch_size, len(requests))))
+            yield indices, score_items([requests[i] for i in indices])
+
+    return stream
 
 
 @dataclass(frozen=True)
@@ -47,7 +72,7 @@ class EvalSettings:
     countries: tuple[str, ...]
     """ISO3 codes; for image conditions, the images' true countries to keep."""
     batch_size: int = 8
-    """Requests per scorer call (results do not depend on it)."""
+    """Most requests per forward pass (results do not depend on it)."""
     images: tuple[ImageRecord, ...] = field(default=())
     """Images for the image conditions."""
 
@@ -106,6 +131,40 @@ def build_items(
     return items, notes
 
 
+class BudgetCheck(Protocol):
+    """What `check_budgets` asks of a scheduler (`cvs_runtime.scheduler.Scheduler`)."""
+
+    def check_budgets(
+        self, key: str, prefix_tokens: int, image_tokens: int | None, suffix_tokens: int
+    ) -> None: ...
+
+
+def check_budgets(
+    items: Sequence[PromptItem],
+    tokenizer: Any,
+    spec: FamilySpec,
+    image_sizes: Mapping[str, tuple[int, int]],
+    scheduler: BudgetCheck,
+) -> None:
+    """Before any scoring: every group's prefix, image and widest suffix against the engine's
+    budgets (`BudgetError` names the bytes needed). Image sizes come from file headers; an image
+    whose header cannot be read is left to the scoring run."""
+    groups: dict[str, list[PromptItem]] = {}
+    for item in items:
+        groups.setdefault(item.group_key, []).append(item)
+    for key, members in groups.items():
+        first = members[0]
+        prefix = len(encode_prompt(tokenizer, first.text[: first.prefix_chars]))
+        image_tokens = None
+        if first.image_id:
+            if first.image_id not in image_sizes:
+                continue
+            image_tokens = spec.num_image_tokens(*image_sizes[first.image_id])
+        widest = max(len(encode_prompt(tokenizer, item.text)) for item in members) - prefix
+        extra = image_tokens - 1 if image_tokens is not None else 0
+        scheduler.check_budgets(key, prefix + extra, image_tokens, max(widest, 1))
+
+
 def run_evaluation(
     settings: EvalSettings,
     items: Sequence[PromptItem],
@@ -117,32 +176,29 @@ def run_evaluation(
     prepare_image: Callable[[str], PreparedImage],
     progress: bool = True,
 ) -> int:
-    """Score the items not yet in `store`, writing each batch as it finishes; returns how many
-    were scored now. Items of one group are kept together so a prefix cache can serve them."""
+    """Score the items not yet in `store`; returns how many were scored now.
+
+    Work goes to the scorer one image at a time (the text items together), so at most one
+    prepared image is held and the scorer can group, cache and batch within it; each batch is
+    written to the store as soon as the scorer yields it (a crash loses at most the batch in
+    flight)."""
     done = store.done_ids()
-    todo = sorted(
-        (item for item in items if item.item_id not in done),
-        key=lambda item: item.group_key,
-    )
-    images: dict[str, PreparedImage] = {}
-    bar = tqdm(total=len(todo), unit="item", disable=not progress, desc=f"{settings.model}")
-    for start in range(0, len(todo), settings.batch_size):
-        batch = todo[start : start + settings.batch_size]
-        requests = []
-        for item in batch:
-            prepared = None
-            if item.image_id:
-                if item.image_id not in images:
-                    images[item.image_id] = prepare_image(item.image_id)
-                prepared = images[item.image_id]
-            requests.append(to_request(item, tokenizer, spec, prepared))
-        scored = scorer(requests)
-        store.append(
-            _row(settings, item, result) for item, result in zip(batch, scored, strict=True)
-        )
-        bar.update(len(batch))
+    units: dict[str, list[PromptItem]] = {}
+    for item in items:
+        if item.item_id not in done:
+            units.setdefault(item.image_id, []).append(item)
+    todo = sum(len(unit) for unit in units.values())
+    bar = tqdm(total=todo, unit="item", disable=not progress, desc=f"{settings.model}")
+    for image_id, unit in units.items():
+        prepared = prepare_image(image_id) if image_id else None
+        requests = [to_request(item, tokenizer, spec, prepared) for item in unit]
+        for indices, scored in scorer(requests):
+            store.append(
+                _row(settings, unit[i], result) for i, result in zip(indices, scored, strict=True)
+            )
+            bar.update(len(scored))
     bar.close()
-    return len(todo)
+    return todo
 
 
 def _row(settings: EvalSettings, item: PromptItem, result: ScoredItem) -> ResultRow:

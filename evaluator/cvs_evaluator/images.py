@@ -278,6 +278,25 @@ def load_rgb(
     return LoadedImage(record=record, pixels=pixels)
 
 
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag whose values 5–8 mean the picture is stored rotated by 90°."""
+
+
+def image_dimensions(record: ImageRecord, root: Path) -> tuple[int, int] | None:
+    """(height, width) as `load_rgb` will return the image (EXIF rotation applied), read from
+    the file's header without decoding the pixels; None when the header cannot be read."""
+    path = Path(record.path)
+    if not _inside(path, root) or not path.is_file():
+        return None
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            rotated = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return None
+    return (width, height) if rotated else (height, width)
+
+
 def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:
     """(H, W, 3) uint8: alpha (RGBA, LA, PA, palette transparency) composited on white."""
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (

@@ -205,7 +205,7 @@ def score_engine(
         settings,
         items,
         store,
-        scorer=scorer.score_items,
+        scorer=scorer.stream,
         tokenizer=tokenizer,
         spec=spec,
         prepare_image=_no_image,

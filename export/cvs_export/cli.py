@@ -244,6 +244,12 @@ def plan(models: tuple[str, ...], precision: str) -> None:
     help="Engines root: each engine goes to <out>/<model>/<precision>/.",
 )
 @click.option("--no-chain", is_flag=True, help="Skip the end-to-end chain check (parts only).")
+@click.option(
+    "--if-missing",
+    is_flag=True,
+    help="Build only engines that are missing or out of date (another checkpoint, a changed "
+    "file, or a part this version adds); leave valid ones as they are.",
+)
 def build(
     models: tuple[str, ...],
     weights: Path | None,
@@ -251,6 +257,7 @@ def build(
     all_precisions: bool,
     out: Path,
     no_chain: bool,
+    if_missing: bool,
 ) -> None:
     """Export, validate and record engines (fp32 fails with a parity table on any difference;
     lower precisions get a verdict in their manifest)."""
@@ -260,10 +267,13 @@ def build(
     names = models or DEFAULT_BUILD_MODELS
     if weights is not None and len(names) != 1:
         raise click.UsageError("--weights needs exactly one --model")
-    wanted = PRECISIONS if all_precisions else tuple(dict.fromkeys(precisions or ("fp32",)))
+    requested = PRECISIONS if all_precisions else tuple(dict.fromkeys(precisions or ("fp32",)))
     for name in names:
         _family(name)  # refuse a typo before the first slow build
     for name in names:
+        wanted = requested
+        if if_missing:
+            wanted = tuple(p for p in requested if not engine_up_to_date(name, p, weights, out))
         try:
             if "fp32" in wanted:
                 build_engine(
@@ -278,6 +288,36 @@ def build(
             ) from None
         except ExportError as error:
             raise click.ClickException(f"{name}: {error}") from None
+
+
+def engine_up_to_date(name: str, precision: str, weights: Path | None, out: Path) -> bool:
+    """Whether `out/<name>/<precision>` is a valid engine of the checkpoint with every part."""
+    from cvs_export.llava_next import part_specs
+    from cvs_families.checkpoint import CheckpointError, checkpoint_fingerprint, ensure_checkpoint
+    from cvs_runtime.engine_manifest import ManifestError, check_engine
+
+    folder = out / name / precision
+    if not (folder / "manifest.json").is_file():
+        return False
+    spec = _family(name)
+    try:
+        fingerprint = checkpoint_fingerprint(ensure_checkpoint(spec, weights))
+        manifest = check_engine(
+            folder,
+            family=name,
+            precision=precision,
+            checkpoint_fingerprint=fingerprint,
+            allow_failed_verdict=True,
+        )
+    except (ManifestError, CheckpointError) as error:
+        click.echo(f"{name} {precision}: rebuilding ({error})")
+        return False
+    missing = sorted(set(part_specs(spec.config)) - set(manifest.parts))
+    if missing:
+        click.echo(f"{name} {precision}: rebuilding (no {', '.join(missing)} part)")
+        return False
+    click.echo(f"{name} {precision}: up to date in {folder}")
+    return True
 
 
 def build_lower_precisions(

@@ -266,7 +266,14 @@ def doctor_maxima(loaded: Any, specs: dict[str, Any]) -> dict[str, int]:
     scorer = ReferenceScorer(loaded)
     longest = max(scorer.expanded_length(r) for r in requests)
     context = -(-longest // 64) * 64
-    maxima = {"batch": 8, "tiles": loaded.spec.max_tiles, "seq": context, "past": context, "k": 4}
+    maxima = {
+        "batch": 8,
+        "tiles": loaded.spec.max_tiles,
+        "seq": context,
+        "past": context,
+        "prefix": context,
+        "k": 4,
+    }
     for spec in specs.values():
         for sizes in spec.check_sizes:
             for axis, size in sizes.items():
@@ -360,7 +367,7 @@ def _parity(run: _Run, precision: str) -> str:
 def _timing(run: _Run, repeats: int) -> str:
     from cvs_export.validate import validation_set
     from cvs_families.reference import ReferenceScorer, pad_token_for
-    from cvs_runtime.chain import score_with_parts
+    from cvs_runtime.scheduler import score_with_parts
 
     loaded = run.state["loaded"]
     requests = validation_set(loaded).requests

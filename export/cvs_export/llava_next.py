@@ -13,7 +13,10 @@ Parts:
 - `decoder`: embeddings, positions, a 2-D attention mask over past + new tokens, a key/value
   cache of any length (0 for a prefill) and `logit_index` (batch, k) → logits (batch, k, vocab)
   at those positions and the cache extended by the new tokens. One graph serves prefill and
-  continuation.
+  continuation; the runtime uses it for each group's shared prefix.
+- `suffix`: a batch of right-padded suffixes against ONE batch-1 prefix cache, through
+  shared-prefix attention (`cvs_export.cascade`) → logits (batch, k, vocab). The prefix cache is
+  never copied along batch or across head groups, and no cache is returned.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from torch import nn
 from transformers import LlavaNextConfig
 from transformers.cache_utils import DynamicCache
 
+from cvs_export.cascade import PREFIX_KWARG, cascade_attention_on, suffix_attention_mask
 from cvs_export.parts import PartSpec, TensorSpec, Tolerance, ToleranceClass
-from cvs_runtime.parts import PAST_PREFIX, PRESENT_PREFIX, cache_names
+from cvs_runtime.parts import PAST_PREFIX, PRESENT_PREFIX, SHARED_PREFIX, cache_names
 
-PART_NAMES: tuple[str, ...] = ("vision", "embedding", "decoder")
+PART_NAMES: tuple[str, ...] = ("vision", "embedding", "decoder", "suffix")
 """The parts every LLaVA-NeXT engine holds, in the order they run."""
 
 
@@ -184,7 +188,29 @@ def part_specs(config: Mapping[str, Any] | LlavaNextConfig) -> dict[str, PartSpe
         tolerances=DECODER_TOLERANCES,
         grouped_inputs={"past": past},
     )
-    return {"vision": vision, "embedding": embedding, "decoder": decoder}
+    shared = cache_names(d.layers, SHARED_PREFIX)
+    suffix = PartSpec(
+        name="suffix",
+        inputs=(
+            TensorSpec("inputs_embeds", "float", ("batch", "seq", d.text_hidden)),
+            TensorSpec("position_ids", "int64", ("batch", "seq"), fill="positions"),
+            TensorSpec("suffix_mask", "int64", ("batch", "seq"), fill="ones"),
+            TensorSpec("logit_index", "int64", ("batch", "k"), fill="last_position"),
+            *(TensorSpec(name, "float", (1, d.kv_heads, "prefix", d.head_dim)) for name in shared),
+        ),
+        outputs=(TensorSpec("logits", "float", ("batch", "k", d.vocab)),),
+        # Checked at a one-token prefix, a one-token suffix, and batches it was not traced at;
+        # the validation inputs right-pad row 0 (`cvs_export.validate.suffix_inputs`).
+        trace_sizes={"batch": 2, "seq": 5, "prefix": 3, "k": 2},
+        check_sizes=(
+            {"batch": 3, "seq": 11, "prefix": 1, "k": 1},
+            {"batch": 1, "seq": 1, "prefix": 10, "k": 1},
+            {"batch": 4, "seq": 6, "prefix": 7, "k": 3},
+        ),
+        tolerances=DECODER_TOLERANCES,
+        grouped_inputs={"prefix": shared},
+    )
+    return {"vision": vision, "embedding": embedding, "decoder": decoder, "suffix": suffix}
 
 
 class VisionPart(nn.Module):
@@ -284,10 +310,45 @@ class DecoderPart(nn.Module):
         return (logits, *present)
 
 
+class SuffixPart(nn.Module):
+    """Language model over right-padded suffixes that continue one shared prefix cache."""
+
+    unused = DecoderPart.unused
+    """As the decoder: the embedding table and the original rotary frequencies are never read."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.language_model = model.model.language_model
+        self.lm_head = model.lm_head
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        suffix_mask: torch.Tensor,
+        logit_index: torch.Tensor,
+        prefix: list[torch.Tensor],
+    ) -> torch.Tensor:
+        # prefix: 2·layers tensors (1, kv heads, prefix, head dim), key then value per layer.
+        mask = suffix_attention_mask(suffix_mask, inputs_embeds.dtype)  # (batch, 1, seq, seq)
+        with cascade_attention_on(self.language_model.config):
+            out = self.language_model(
+                inputs_embeds=inputs_embeds,
+                position_ids=position_ids,
+                attention_mask=mask,
+                use_cache=False,
+                **{PREFIX_KWARG: prefix},
+            )
+        hidden = out.last_hidden_state  # (batch, seq, hidden)
+        index = logit_index[:, :, None].expand(-1, -1, hidden.shape[-1])  # (batch, k, hidden)
+        return self.lm_head(torch.gather(hidden, 1, index))  # (batch, k, vocab)
+
+
 _WRAPPERS: dict[str, type[nn.Module]] = {
     "vision": VisionPart,
     "embedding": EmbeddingPart,
     "decoder": DecoderPart,
+    "suffix": SuffixPart,
 }
 
 

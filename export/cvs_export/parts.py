@@ -29,7 +29,9 @@ Precision = Literal[
     "int8-dyn",
     "int8-dyn-pc",
     "int8-dyn-pc-keep",
+    "int8-dyn-pc-head",
     "int8-wo",
+    "int8-wo-acc4",
     "int8-qdq",
     "int8-qdq-smooth",
 ]
@@ -40,7 +42,9 @@ PRECISIONS: tuple[Precision, ...] = (
     "int8-dyn",
     "int8-dyn-pc",
     "int8-dyn-pc-keep",
+    "int8-dyn-pc-head",
     "int8-wo",
+    "int8-wo-acc4",
     "int8-qdq",
     "int8-qdq-smooth",
 )
@@ -91,6 +95,7 @@ AXES: Mapping[str, Axis] = {
         Axis("tiles", 1, "image tiles run together (anyres tiles of one or more images)"),
         Axis("seq", 1, "new tokens fed in this call"),
         Axis("past", 0, "tokens already held in the key/value cache (0 for a prefill)"),
+        Axis("prefix", 1, "tokens of a group's shared prefix held in a batch-1 key/value cache"),
         Axis("total", 1, "past + seq: the attention mask and the returned cache"),
         Axis("k", 1, "positions whose logits are returned"),
     )
@@ -295,7 +300,7 @@ def _filled(
         return torch.ones(shape, dtype=dtype)
     if fill == "positions":
         # (..., n): 0..n-1 along the last axis, offset by the cache length when there is one.
-        offset = sizes.get("past", 0)
+        offset = sizes.get("past", sizes.get("prefix", 0))
         return (torch.arange(shape[-1], dtype=dtype) + offset).expand(shape).contiguous()
     # last_position: every index points at the last new token.
     return torch.full(shape, sizes["seq"] - 1, dtype=dtype)

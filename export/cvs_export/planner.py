@@ -136,7 +136,12 @@ def plan_export(
     everything = {id(t): t for t in (*model.parameters(), *model.buffers())}  # ties counted once
     specs = part_specs(cfg)
     dims = dims_of(cfg)
-    layer_counts = {"vision": dims.vision_layers_run, "embedding": 0, "decoder": dims.layers}
+    layer_counts = {
+        "vision": dims.vision_layers_run,
+        "embedding": 0,
+        "decoder": dims.layers,
+        "suffix": dims.layers,
+    }
     parts: list[PartPlan] = []
     union: dict[int, torch.Tensor] = {}
     for name in PART_NAMES:

@@ -49,6 +49,9 @@ class Recipe:
     """`KEEP_GROUPS` names left in fp32."""
     smooth_alpha: float | None = None
     """SmoothQuant migration strength (None: no smoothing); see `cvs_export.quantize`."""
+    accuracy_level: int | None = None
+    """MatMulNBits compute type (weight-only recipes): None/0 unset, 1 fp32, 4 int8 (the
+    activations quantized per block for an int8 dot product)."""
 
 
 RECIPES: Mapping[str, Recipe] = {
@@ -69,9 +72,22 @@ RECIPES: Mapping[str, Recipe] = {
             keep=("head", "down_proj"),
         ),
         Recipe(
+            "int8-dyn-pc-head",
+            "dynamic",
+            "dynamic int8 per-channel, head kept fp32",
+            per_channel=True,
+            keep=("head",),
+        ),
+        Recipe(
             "int8-wo",
             "weight-only",
             "weight-only 8-bit MatMulNBits (block 32, asymmetric), fp32 activations",
+        ),
+        Recipe(
+            "int8-wo-acc4",
+            "weight-only",
+            "8-bit MatMulNBits (block 32, asymmetric) with int8 compute (accuracy_level 4)",
+            accuracy_level=4,
         ),
         Recipe(
             "int8-qdq",

@@ -156,6 +156,33 @@ def decoder_prefill_feeds(
     return feeds
 
 
+def suffix_calibration_feeds(
+    parts: Any, spec: Any, requests: Sequence[ScoringRequest]
+) -> list[dict[str, NDArray[Any]]]:
+    """Suffix-part inputs of each text prompt alone: its first half run through the fp32
+    decoder into the shared prefix cache, its second half as the suffix (batch 1)."""
+    from cvs_runtime.chain import embed_ids, run_prefix
+
+    feeds = []
+    for request in requests:
+        ids = request.input_ids
+        split = max(1, ids.shape[0] // 2)
+        (embeds,) = embed_ids(parts, [ids], pad_token_id=0)  # (seq, hidden)
+        cache = run_prefix(parts, spec, embeds[:split])
+        tail = embeds[None, split:]  # (1, suffix, hidden)
+        width = tail.shape[1]
+        feeds.append(
+            {
+                "inputs_embeds": tail,
+                "position_ids": split + np.arange(width, dtype=np.int64)[None, :],
+                "suffix_mask": np.ones((1, width), dtype=np.int64),
+                "logit_index": np.array([[width - 1]], dtype=np.int64),
+                **cache,
+            }
+        )
+    return feeds
+
+
 def _fp32_source(
     context: FamilyContext, recipe: Recipe, out_root: Path, scratch: Path, specs: Mapping[str, Any]
 ) -> tuple[Path, dict[str, Any]]:
@@ -229,15 +256,21 @@ def build_precision_engine(
             source, source_info = _fp32_source(context, recipe, out_root, scratch, specs)
             info.update(source_info)
             files = {p: f"{p}.onnx" for p in specs}
-            feeds: list[dict[str, NDArray[Any]]] = []
+            feeds: dict[str, list[dict[str, NDArray[Any]]]] = {}
             if recipe.method == "qdq":
-                embedding = OrtParts({"embedding": source / "embedding.onnx"}, OrtSessionConfig())
-                feeds = decoder_prefill_feeds(embedding, loaded.spec, context.survey.calibration)
+                fp32 = OrtParts(
+                    {p: source / f"{p}.onnx" for p in ("embedding", "decoder")}, OrtSessionConfig()
+                )
+                calibration = context.survey.calibration
+                feeds = {
+                    "decoder": decoder_prefill_feeds(fp32, loaded.spec, calibration),
+                    "suffix": suffix_calibration_feeds(fp32, loaded.spec, calibration),
+                }
             quantized = build_int8_folder(source, staging, recipe, files, calibration=feeds)
             shutil.rmtree(scratch, ignore_errors=True)
             info["quantized_matmuls"] = len(quantized.quantized)
             info["kept_matmuls"] = list(quantized.kept)
-            info["calibration_prompts"] = len(feeds)
+            info["calibration_prompts"] = len(context.survey.calibration) if feeds else 0
         if precision == "fp16":
             ranges = activation_ranges(
                 loaded.model, [r.input_ids for r in context.survey.calibration]
@@ -294,8 +327,8 @@ def _judge(
     """Open the engine on onnxruntime CPU; validate parts and chain; judge the survey figures."""
     from cvs_export.validate import validate_engine
     from cvs_families.reference import pad_token_for
-    from cvs_runtime.chain import score_with_parts
     from cvs_runtime.ort_backend import OrtParts, OrtSessionConfig
+    from cvs_runtime.scheduler import score_with_parts
 
     loaded = context.loaded
     refusals: list[str] = []

@@ -5,10 +5,13 @@ rewritten, so one function takes a finished fp32 engine folder and writes an int
 
 - the vision and embedding graphs stay fp32; onnx rewrites them with their weights into one
   `weights.bin` (they share no tensor with each other);
-- the decoder is quantized by onnxruntime and saved with its own external data file,
-  `decoder.onnx.data` (int8 weights, plus fp32 for the layers a recipe keeps). A tied
-  embedding/head is therefore stored twice when the head stays fp32: the format of a quantized
-  graph cannot point into another graph's fp32 tensor. The manifest states the folder size.
+- the two language-model graphs (`decoder`, which runs each group's prefix, and `suffix`, which
+  scores the questions against it) are quantized by onnxruntime one after the other, then their
+  initializers are merged by name and content into one external data file, `int8-weights.bin`:
+  both graphs read the same quantized weights, stored once (int8 weights, plus fp32 for the
+  layers a recipe keeps). A tied embedding/head is stored twice when the head stays fp32: the
+  format of a quantized graph cannot point into another graph's fp32 tensor. The manifest states
+  the folder size.
 
 Only MatMuls whose second input is a weight are quantized (attention's activation × activation
 products stay float), and a recipe's `keep` groups (`precision.KEEP_GROUPS`) are excluded by
@@ -23,6 +26,7 @@ multiplied by it, which leaves the fp32 function unchanged.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,14 +38,17 @@ import numpy as np
 import onnx
 import torch
 from numpy.typing import NDArray
+from onnx.external_data_helper import set_external_data
 from torch import nn
 
 from cvs_export.precision import KEEP_GROUPS, Recipe
 
-DECODER = "decoder"
-"""The part the int8 recipes quantize."""
-DECODER_DATA = "decoder.onnx.data"
-"""External data file of the quantized decoder."""
+QUANTIZED_PARTS = ("decoder", "suffix")
+"""The parts the int8 recipes quantize (the language model's two graphs)."""
+INT8_WEIGHTS = "int8-weights.bin"
+"""The one external data file of the quantized graphs."""
+INLINE_BYTES = 1024
+"""Initializers smaller than this stay inside their graph (shape constants, scalars)."""
 FLOAT_WEIGHTS = "weights.bin"
 """The fp32 parts' weight file in an int8 engine."""
 WEIGHT_ONLY_BLOCK = 32
@@ -86,9 +93,9 @@ def kept_nodes(matmuls: Mapping[str, str], keep: Sequence[str]) -> list[str]:
 
 
 def copy_float_parts(source: Path, staging: Path, parts: Mapping[str, str]) -> None:
-    """Rewrite the non-decoder graphs of `source` with their fp32 weights in `weights.bin`."""
+    """Rewrite the unquantized graphs of `source` with their fp32 weights in `weights.bin`."""
     for part, file in parts.items():
-        if part == DECODER:
+        if part in QUANTIZED_PARTS:
             continue
         model = onnx.load(str(source / file))  # external data loaded
         onnx.save_model(
@@ -103,10 +110,10 @@ def copy_float_parts(source: Path, staging: Path, parts: Mapping[str, str]) -> N
 
 @dataclass
 class CalibrationFeeds:
-    """onnxruntime CalibrationDataReader over decoder feeds: one prompt per call."""
+    """onnxruntime CalibrationDataReader over one part's feeds: one prompt per call."""
 
     feeds: Sequence[Mapping[str, NDArray[Any]]]
-    """Decoder inputs, one prompt each (batch 1)."""
+    """The part's inputs, one prompt each (batch 1)."""
     _next: int = 0
 
     def get_next(self) -> dict[str, NDArray[Any]] | None:
@@ -124,14 +131,15 @@ class CalibrationFeeds:
         return (dict(f) for f in self.feeds)
 
 
-def quantize_decoder(
+def quantize_part(
     source: Path,
     staging: Path,
+    part: str,
     recipe: Recipe,
     *,
     calibration: Sequence[Mapping[str, NDArray[Any]]] = (),
 ) -> QuantizedDecoder:
-    """Quantize `source/decoder.onnx` by `recipe` into `staging/decoder.onnx` (+ its data)."""
+    """Quantize `source/<part>.onnx` by `recipe` into `staging/<part>.onnx` (+ its data)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -140,8 +148,8 @@ def quantize_decoder(
         quantize_static,
     )
 
-    graph_path = source / f"{DECODER}.onnx"
-    out_path = staging / f"{DECODER}.onnx"
+    graph_path = source / f"{part}.onnx"
+    out_path = staging / f"{part}.onnx"
     # A loaded proto, not the path: given a path, onnxruntime writes its shape-inferred copy
     # beside the source graph, i.e. into the fp32 engine folder.
     graph = onnx.load(str(graph_path))
@@ -162,7 +170,7 @@ def quantize_decoder(
                 extra_options={"MatMulConstBOnly": True},
             )
         elif recipe.method == "weight-only":
-            _weight_only(graph, out_path, excluded)
+            _weight_only(graph, out_path, excluded, recipe.accuracy_level)
         elif recipe.method == "qdq":
             if not calibration:
                 raise QuantizeError(f"{recipe.name}: static Q/DQ needs calibration prompts")
@@ -188,27 +196,33 @@ def quantize_decoder(
             raise QuantizeError(f"{recipe.name} is not an int8 recipe ({recipe.method})")
     finally:
         logging.disable(logging.NOTSET)
-    _name_decoder_data(staging)
     return QuantizedDecoder(
         quantized=tuple(matmuls[n] for n in chosen),
         kept=tuple(matmuls[n] for n in excluded),
     )
 
 
-def _weight_only(graph: onnx.ModelProto, out_path: Path, excluded: Sequence[str]) -> None:
+def _weight_only(
+    graph: onnx.ModelProto, out_path: Path, excluded: Sequence[str], accuracy_level: int | None
+) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
     config = DefaultWeightOnlyQuantConfig(
-        block_size=WEIGHT_ONLY_BLOCK, is_symmetric=False, bits=8, op_types_to_quantize=("MatMul",)
+        block_size=WEIGHT_ONLY_BLOCK,
+        is_symmetric=False,
+        bits=8,
+        accuracy_level=accuracy_level,
+        op_types_to_quantize=("MatMul",),
     )
     quantizer = MatMulNBitsQuantizer(
         graph,
         bits=8,
         block_size=WEIGHT_ONLY_BLOCK,
         is_symmetric=False,
+        accuracy_level=accuracy_level,
         nodes_to_exclude=list(excluded),
         algo_config=config,
     )
@@ -216,18 +230,50 @@ def _weight_only(graph: onnx.ModelProto, out_path: Path, excluded: Sequence[str]
     quantizer.model.save_model_to_file(str(out_path), use_external_data_format=True)
 
 
-def _name_decoder_data(staging: Path) -> None:
-    """Make sure the decoder's external data is the one file `DECODER_DATA` (onnxruntime names
-    it after the graph file; a rename would break the graph's references, so only check)."""
-    extra = [
+def share_quantized_weights(staging: Path, parts: Sequence[str]) -> int:
+    """Merge the external data of the quantized graphs of `parts` into `INT8_WEIGHTS`, each
+    initializer stored once by (name, content); returns the bytes written. The graphs' own data
+    files are removed."""
+    written: dict[tuple[str, str], tuple[int, int]] = {}
+    offset = 0
+    old_files = {
         p.name
         for p in staging.iterdir()
-        if p.is_file() and p.name not in {DECODER_DATA, FLOAT_WEIGHTS} and p.suffix != ".onnx"
+        if p.is_file() and p.suffix != ".onnx" and p.name != FLOAT_WEIGHTS
+    }
+    merged = staging / (INT8_WEIGHTS + ".partial")
+    with merged.open("wb") as out:
+        for part in parts:
+            path = staging / f"{part}.onnx"
+            model = onnx.load(str(path))  # external data read in
+            for tensor in model.graph.initializer:
+                raw = tensor.raw_data
+                if not raw or len(raw) < INLINE_BYTES:
+                    continue
+                key = (tensor.name, hashlib.sha256(raw).hexdigest())
+                if key not in written:
+                    padding = -offset % 64
+                    out.write(b"\0" * padding)
+                    offset += padding
+                    out.write(raw)
+                    written[key] = (offset, len(raw))
+                    offset += len(raw)
+                where, length = written[key]
+                set_external_data(tensor, INT8_WEIGHTS, offset=where, length=length)
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+            onnx.save_model(model, str(path))
+    for name in old_files:
+        (staging / name).unlink()
+    merged.rename(staging / INT8_WEIGHTS)
+    unknown = [
+        p.name
+        for p in staging.iterdir()
+        if p.is_file() and p.name not in {INT8_WEIGHTS, FLOAT_WEIGHTS} and p.suffix != ".onnx"
     ]
-    if extra or not (staging / DECODER_DATA).is_file():
-        raise QuantizeError(
-            f"{staging}: quantized decoder data is not {DECODER_DATA} alone (found {extra})"
-        )
+    if unknown:
+        raise QuantizeError(f"{staging}: unexpected data files after merging: {unknown}")
+    return offset
 
 
 def build_int8_folder(
@@ -236,13 +282,23 @@ def build_int8_folder(
     recipe: Recipe,
     parts: Mapping[str, str],
     *,
-    calibration: Sequence[Mapping[str, NDArray[Any]]] = (),
+    calibration: Mapping[str, Sequence[Mapping[str, NDArray[Any]]]] | None = None,
 ) -> QuantizedDecoder:
-    """An int8 engine folder in `staging` from the fp32 engine graphs in `source`."""
+    """An int8 engine folder in `staging` from the fp32 engine graphs in `source`;
+    `calibration` gives each quantized part its own feeds (static Q/DQ only)."""
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     copy_float_parts(source, staging, parts)
-    return quantize_decoder(source, staging, recipe, calibration=calibration)
+    done = [
+        quantize_part(source, staging, part, recipe, calibration=(calibration or {}).get(part, ()))
+        for part in QUANTIZED_PARTS
+        if part in parts
+    ]
+    share_quantized_weights(staging, [p for p in QUANTIZED_PARTS if p in parts])
+    return QuantizedDecoder(
+        quantized=tuple(dict.fromkeys(w for d in done for w in d.quantized)),
+        kept=tuple(dict.fromkeys(w for d in done for w in d.kept)),
+    )
 
 
 # SmoothQuant ------------------------------------------------------------------------------

@@ -79,7 +79,14 @@ VALIDATION_PRECISION: dict[TrtPrecision, Precision] = {
 """Whose tolerances a TensorRT precision is validated with (int8: the Q/DQ recipe's)."""
 DERIVED_AXES: dict[str, tuple[str, str]] = {"total": ("past", "seq")}
 """Axes that are sums of others at every point (the vocabulary's `total` = past + seq)."""
-DEFAULT_MAXIMA: dict[str, int] = {"batch": 8, "tiles": 5, "seq": 4096, "past": 4096, "k": 1}
+DEFAULT_MAXIMA: dict[str, int] = {
+    "batch": 8,
+    "tiles": 5,
+    "seq": 4096,
+    "past": 4096,
+    "prefix": 4096,
+    "k": 1,
+}
 """Profile maxima when no flag or budget gives them: 5 anyres tiles, a 4k context."""
 
 

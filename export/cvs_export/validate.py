@@ -34,14 +34,10 @@ from cvs_export.parts import PartSpec, Precision, Tolerance, ToleranceClass, tol
 from cvs_families.checkpoint import ANSWER_PREFIX, LoadedModel, letter_token_ids
 from cvs_families.reference import ReferenceScorer, pad_token_for
 from cvs_families.spec import FamilySpec, PreparedImage
-from cvs_runtime.chain import (
-    embed_requests,
-    empty_cache,
-    score_with_parts,
-    shared_prefix_length,
-)
-from cvs_runtime.parts import PartRunner, past_from_present
+from cvs_runtime.chain import embed_requests, empty_cache, shared_prefix_length
+from cvs_runtime.parts import PartRunner, past_from_present, shared_prefix_from_present
 from cvs_runtime.requests import ScoringRequest
+from cvs_runtime.scheduler import score_with_parts
 from cvs_runtime.scores import OptionScores
 
 CHAIN_TOLERANCES: Mapping[ToleranceClass, float] = {
@@ -501,6 +497,44 @@ def decoder_inputs(
     }
 
 
+def suffix_inputs(
+    sizes: Mapping[str, int], material: Material, reference: PartRunner, spec: FamilySpec
+) -> dict[str, NDArray[Any]]:
+    """The first `prefix` real embeddings of the longest prompt, run through the reference
+    decoder into a batch-1 cache; `batch` rows of `seq` real embeddings continuing it, right-padded
+    (row 0 by 2 where that leaves a real token), positions counting on from the prefix."""
+    batch, seq, prefix, k = sizes["batch"], sizes["seq"], sizes["prefix"], sizes["k"]
+    rows = sorted(material.embedded_rows, key=lambda r: -r.shape[0])
+    head = rows[0][None, :prefix]  # (1, prefix, hidden)
+    out = reference.run(
+        "decoder",
+        {
+            "inputs_embeds": head,
+            "position_ids": np.arange(prefix, dtype=np.int64)[None],
+            "attention_mask": np.ones((1, prefix), dtype=np.int64),
+            "logit_index": np.asarray([[prefix - 1]], dtype=np.int64),
+            **empty_cache(spec.text_num_layers, 1, spec.text_num_kv_heads, spec.text_head_dim),
+        },
+    )
+    embeds = np.zeros((batch, seq, head.shape[-1]), dtype=np.float32)  # (batch, seq, hidden)
+    mask = np.zeros((batch, seq), dtype=np.int64)
+    for b in range(batch):
+        row = rows[(b * 2) % len(rows)]
+        length = seq - (2 if b == 0 and seq > 3 else 0)
+        start = min(prefix, row.shape[0] - length)
+        embeds[b, :length] = row[start : start + length]
+        mask[b, :length] = 1
+    lengths = mask.sum(axis=1)
+    index = np.clip(lengths[:, None] - 1 - np.arange(k)[None], 0, None)
+    return {
+        "inputs_embeds": embeds,
+        "position_ids": np.tile(prefix + np.arange(seq, dtype=np.int64), (batch, 1)),
+        "suffix_mask": mask,
+        "logit_index": index.astype(np.int64),
+        **shared_prefix_from_present(out),
+    }
+
+
 def padding_validity(
     spec: PartSpec, output: str, inputs: Mapping[str, NDArray[Any]], shape: tuple[int, ...]
 ) -> NDArray[np.bool_] | None:
@@ -532,6 +566,8 @@ def part_inputs(
         return embedding_inputs(sizes, material)
     if spec.name == "decoder":
         return decoder_inputs(sizes, material, reference, family)
+    if spec.name == "suffix":
+        return suffix_inputs(sizes, material, reference, family)
     raise ValueError(f"no validation inputs for part {spec.name!r}")
 
 

@@ -218,11 +218,11 @@ def _wrap_tokenizer(tokenizer: Any, spec: FamilySpec) -> Any:
     )
 
 
-def save_checkpoint(model: Any, tokenizer: Any, spec: FamilySpec, out_dir: Path) -> None:
-    """Save model (safetensors), tokenizer, image processor and chat template as HF does."""
+def hf_processor(spec: FamilySpec, tokenizer: Any) -> Any:
+    """The family's `LlavaNextProcessor` as the published checkpoints configure it, on the PIL
+    image backend (the default one wants torchvision)."""
     from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
 
-    tokenizer.chat_template = spec.chat_template
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": spec.tile_size},
         crop_size={"height": spec.tile_size, "width": spec.tile_size},
@@ -232,7 +232,7 @@ def save_checkpoint(model: Any, tokenizer: Any, spec: FamilySpec, out_dir: Path)
         resample=3,
         do_pad=True,
     )
-    processor = LlavaNextProcessor(
+    return LlavaNextProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=spec.patch_size,
@@ -241,6 +241,12 @@ def save_checkpoint(model: Any, tokenizer: Any, spec: FamilySpec, out_dir: Path)
         image_token=spec.image_token,
         num_additional_image_tokens=1,
     )
+
+
+def save_checkpoint(model: Any, tokenizer: Any, spec: FamilySpec, out_dir: Path) -> None:
+    """Save model (safetensors), tokenizer, image processor and chat template as HF does."""
+    tokenizer.chat_template = spec.chat_template
+    processor = hf_processor(spec, tokenizer)
     with quiet_transformers():
         model.save_pretrained(out_dir)
         processor.save_pretrained(out_dir)

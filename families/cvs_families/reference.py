@@ -25,7 +25,7 @@ module lazily.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -217,15 +217,35 @@ class ReferenceScorer:
         )
         return int(request.input_ids.shape[0]) + max(extra - 1, 0)
 
-    def score(self, requests: Sequence[ScoringRequest]) -> list[OptionScores]:
-        """Option log-probs and top-k tokens per request, in request order."""
+    def batches(
+        self, requests: Sequence[ScoringRequest]
+    ) -> Iterator[tuple[list[int], list[OptionScores]]]:
+        """(request indices, their scores) per forward pass, as each finishes."""
         lengths = [self.expanded_length(request) for request in requests]
-        results: dict[int, OptionScores] = {}
         for indices in plan_batches(lengths, self.batch_size, self.pad_multiple):
             chunk = [requests[index] for index in indices]
             logits = answer_logits(self.loaded.model, self.batch(chunk))
-            results.update(zip(indices, scores_from_answer_logits(logits, chunk), strict=True))
+            yield indices, scores_from_answer_logits(logits, chunk)
+
+    def score(self, requests: Sequence[ScoringRequest]) -> list[OptionScores]:
+        """Option log-probs and top-k tokens per request, in request order."""
+        results: dict[int, OptionScores] = {}
+        for indices, scores in self.batches(requests):
+            results.update(zip(indices, scores, strict=True))
         return [results[index] for index in range(len(requests))]
+
+    def stream(
+        self, requests: Sequence[ScoringRequest], threshold: float = MASS_THRESHOLD
+    ) -> Iterator[tuple[list[int], list[ScoredItem]]]:
+        """`batches` with the raw-mass rule applied: what `cvs-eval` writes as it goes."""
+        for indices, scores in self.batches(requests):
+            yield (
+                indices,
+                [
+                    judge_option_mass(s, requests[i].option_token_ids, threshold)
+                    for i, s in zip(indices, scores, strict=True)
+                ],
+            )
 
     def score_items(
         self, requests: Sequence[ScoringRequest], threshold: float = MASS_THRESHOLD

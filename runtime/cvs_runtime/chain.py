@@ -1,14 +1,16 @@
-"""The engine chain: requests → option scores through an engine's parts, with a prefix cache.
+"""The engine chain's steps: requests → option scores through an engine's parts.
 
 Vision part → the family's numpy packing (unpad, newline) → embedding part with the image
-features spliced in place of the placeholder → decoder part: each group's shared token prefix
-(image, persona, instructions) runs once into a key/value cache, then the group's suffixes run
-together on copies of it, left-padded, with explicit positions. Exact by construction: the split
-is checked to be a prefix of every prompt of the group.
+features spliced in place of the placeholder → decoder part over each group's shared token
+prefix (image, persona, instructions), once, into a batch-1 key/value cache → suffix part: the
+group's suffixes, right-padded to a width bucket, against that one cache (shared-prefix
+attention, no copy per row). Exact by construction: the split is checked to be a prefix of
+every prompt of the group.
 
 Written once against the part interface, so every backend (onnxruntime, TensorRT, PyTorch
-wrappers in tests) runs the same chain; the export stage's end-to-end validation uses it, and
-the runtime builds its batching and caches on it. Numpy only.
+wrappers in tests) runs the same steps; `cvs_runtime.scheduler` orders them over a whole run
+with caches and budgets. `score_with_parts_copying` is the earlier chain (suffixes left-padded
+on the decoder, the prefix cache copied into every row), kept for comparison. Numpy only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cvs_runtime.parts import PAST_PREFIX, PartRunner, cache_names, past_from_present
+from cvs_runtime.parts import (
+    PAST_PREFIX,
+    PartRunner,
+    cache_names,
+    past_from_present,
+    shared_prefix_from_present,
+)
 from cvs_runtime.requests import ScoringRequest
 from cvs_runtime.scores import OptionScores, option_scores_from_logits
 
@@ -103,14 +111,104 @@ def empty_cache(layers: int, batch: int, kv_heads: int, head_dim: int) -> dict[s
     return dict.fromkeys(cache_names(layers, PAST_PREFIX), empty)
 
 
-def score_with_parts(
+SUFFIX_PAD_MULTIPLE = 16
+"""Suffixes are right-padded to a multiple of this many tokens (their width bucket) and batched
+only within a bucket, so a suffix is computed at the same width whatever its batch: softmax
+sums and matrix products see the same lengths, and scores do not depend on batching."""
+
+
+def suffix_width(tokens: int, multiple: int = SUFFIX_PAD_MULTIPLE) -> int:
+    """`tokens` rounded up to the width bucket."""
+    return -(-tokens // multiple) * multiple
+
+
+def embed_ids(
+    parts: PartRunner, rows: Sequence[NDArray[np.int64]], *, pad_token_id: int
+) -> list[NDArray[np.float32]]:
+    """Per row (tokens, hidden): token embeddings, from one embedding call (right-padded ids)."""
+    longest = max(row.shape[0] for row in rows)
+    ids = np.full((len(rows), longest), pad_token_id, dtype=np.int64)  # (batch, seq)
+    for index, row in enumerate(rows):
+        ids[index, : row.shape[0]] = row
+    table = parts.run("embedding", {"input_ids": ids})["inputs_embeds"]  # (batch, seq, hidden)
+    return [np.asarray(table[i, : row.shape[0]], dtype=np.float32) for i, row in enumerate(rows)]
+
+
+def splice_image(
+    embedded: NDArray[np.float32],
+    ids: NDArray[np.int64],
+    spec: FamilySpec,
+    features: NDArray[np.float32] | None,
+) -> NDArray[np.float32]:
+    """(tokens, hidden) → (expanded tokens, hidden): `features` in place of the image
+    placeholder of `ids` (unchanged when `ids` holds none)."""
+    hits = np.flatnonzero(ids == spec.image_token_id)
+    if hits.size == 0:
+        return embedded
+    if features is None:
+        raise ValueError("a prompt holds an image placeholder but no image features were given")
+    at = int(hits[0])
+    return np.concatenate([embedded[:at], features, embedded[at + 1 :]])
+
+
+def run_prefix(parts: PartRunner, spec: FamilySpec, embeds: NDArray[np.float32]) -> dict[str, Any]:
+    """The batch-1 key/value cache of a prefix (tokens, hidden), named as the suffix part's
+    `prefix.<layer>.key/value` inputs: (1, kv heads, tokens, head dim) each."""
+    tokens = embeds.shape[0]
+    out = parts.run(
+        "decoder",
+        {
+            "inputs_embeds": embeds[None],  # (1, tokens, hidden)
+            "position_ids": np.arange(tokens, dtype=np.int64)[None],
+            "attention_mask": np.ones((1, tokens), dtype=np.int64),
+            "logit_index": np.asarray([[tokens - 1]], dtype=np.int64),
+            **empty_cache(spec.text_num_layers, 1, spec.text_num_kv_heads, spec.text_head_dim),
+        },
+        outputs=[n for n in parts.output_names("decoder") if n != "logits"],
+    )
+    return shared_prefix_from_present(out)
+
+
+def run_suffixes(
+    parts: PartRunner,
+    prefix_cache: dict[str, Any],
+    prefix_tokens: int,
+    suffixes: Sequence[NDArray[np.float32]],
+    width: int,
+) -> NDArray[np.float32]:
+    """(rows, vocab) logits at each suffix's last token: the suffixes (tokens, hidden), right-
+    padded to `width`, continue the prefix cache of `prefix_tokens` tokens (positions count on
+    from it). The cache is fed once, at batch 1."""
+    hidden = suffixes[0].shape[-1]
+    rows = len(suffixes)
+    embeds = np.zeros((rows, width, hidden), dtype=np.float32)  # (rows, width, hidden)
+    mask = np.zeros((rows, width), dtype=np.int64)  # right padding
+    for row, suffix in enumerate(suffixes):
+        embeds[row, : suffix.shape[0]] = suffix
+        mask[row, : suffix.shape[0]] = 1
+    lengths = np.asarray([s.shape[0] for s in suffixes], dtype=np.int64)
+    out = parts.run(
+        "suffix",
+        {
+            "inputs_embeds": embeds,
+            "position_ids": np.tile(prefix_tokens + np.arange(width, dtype=np.int64), (rows, 1)),
+            "suffix_mask": mask,
+            "logit_index": (lengths - 1)[:, None],
+            **prefix_cache,
+        },
+    )
+    return np.asarray(out["logits"][:, 0])  # (rows, vocab)
+
+
+def score_with_parts_copying(
     parts: PartRunner,
     spec: FamilySpec,
     requests: Sequence[ScoringRequest],
     *,
     pad_token_id: int,
 ) -> list[OptionScores]:
-    """Option scores for `requests` through the engine parts, with a prefix cache per group."""
+    """The earlier chain, kept for comparison: per group the prefix runs once, then every
+    suffix, left-padded, runs on the decoder against a copy of the prefix cache per row."""
     layers = spec.text_num_layers
     groups: dict[str, list[int]] = {}
     for index, request in enumerate(requests):

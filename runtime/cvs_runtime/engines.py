@@ -2,7 +2,8 @@
 
 `open_engine("ort" | "ort-cuda" | "ort-trt" | "trt", folder, …)` checks the engine's manifest
 and returns its parts as a `PartRunner`; `EngineScorer` turns `ScoringRequest`s into
-`ScoredItem`s through the chain, the same result the PyTorch reference returns. Backends are
+`ScoredItem`s through the scheduler (image and prefix caches kept across calls), the same result
+the PyTorch reference returns. Backends are
 registered lazily as "module:attr", so importing this module loads neither onnxruntime-gpu nor
 tensorrt; a missing library is reported by the backend that needs it.
 """
@@ -11,15 +12,16 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvs_runtime.chain import score_with_parts
 from cvs_runtime.requests import MASS_THRESHOLD, ScoredItem, ScoringRequest, judge_option_mass
+from cvs_runtime.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from cvs_families.spec import FamilySpec
+    from cvs_runtime.budgets import Budgets
     from cvs_runtime.parts import PartRunner
 
 ENGINE_BACKENDS: dict[str, str] = {
@@ -53,11 +55,13 @@ def open_engine(
     precision: str,
     checkpoint_fingerprint: str | None = None,
     allow_failed_verdict: bool = False,
+    share_weight_pages: bool = False,
 ) -> PartRunner:
     """The engine in `folder` on backend `kind`, after its manifest is checked against the
     family, precision and checkpoint asked for (a mismatch names the differing field); a
     lower-precision engine whose accuracy verdict failed is refused unless
-    `allow_failed_verdict`."""
+    `allow_failed_verdict`. `share_weight_pages` turns onnxruntime's weight prepacking off
+    (`cvs_runtime.ort_backend.OrtSessionConfig`)."""
     if kind not in ENGINE_BACKENDS:
         close = difflib.get_close_matches(kind, ENGINE_BACKENDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -73,25 +77,28 @@ def open_engine(
         precision=precision,
         checkpoint_fingerprint=checkpoint_fingerprint,
         allow_failed_verdict=allow_failed_verdict,
+        share_weight_pages=share_weight_pages,
     )
 
 
-def _open_ort_cpu(kind: str, folder: Path, **checks: Any) -> PartRunner:
-    from cvs_runtime.ort_backend import OrtParts
+def _open_ort_cpu(kind: str, folder: Path, share_weight_pages: bool, **checks: Any) -> PartRunner:
+    from cvs_runtime.ort_backend import OrtParts, OrtSessionConfig
 
-    return OrtParts.open(folder, **checks)
+    return OrtParts.open(folder, config=OrtSessionConfig(share_weight_pages), **checks)
 
 
-def _open_ort_gpu(kind: str, folder: Path, **checks: Any) -> PartRunner:
+def _open_ort_gpu(kind: str, folder: Path, share_weight_pages: bool, **checks: Any) -> PartRunner:
+    from cvs_runtime.ort_backend import OrtSessionConfig
     from cvs_runtime.ort_gpu import OrtGpuParts
 
-    return OrtGpuParts.open(folder, kind, **checks)  # type: ignore[arg-type]
+    config = OrtSessionConfig(share_weight_pages)
+    return OrtGpuParts.open(folder, kind, config=config, **checks)  # type: ignore[arg-type]
 
 
-def _open_trt(kind: str, folder: Path, **checks: Any) -> PartRunner:
+def _open_trt(kind: str, folder: Path, share_weight_pages: bool, **checks: Any) -> PartRunner:
     from cvs_runtime.trt_backend import TrtParts
 
-    return TrtParts.open(folder, **checks)
+    return TrtParts.open(folder, **checks)  # TensorRT engines hold their own weights
 
 
 class EngineScorer:
@@ -104,20 +111,32 @@ class EngineScorer:
         *,
         pad_token_id: int,
         threshold: float = MASS_THRESHOLD,
+        budgets: Budgets | None = None,
+        engine_id: str = "",
     ) -> None:
-        self.parts = parts
-        """The engine."""
-        self.spec = spec
-        """The model family (numpy half: packing, geometry)."""
-        self.pad_token_id = pad_token_id
-        """Token id put at padded positions (masked; any real token that is not the image's)."""
+        self.scheduler = Scheduler(
+            parts, spec, pad_token_id=pad_token_id, budgets=budgets, engine_id=engine_id
+        )
+        """Groups, caches, batches and stage times (kept across calls)."""
         self.threshold = threshold
         """Minimum raw option mass for an item to be scored."""
 
+    def stream(
+        self, requests: Sequence[ScoringRequest]
+    ) -> Iterator[tuple[tuple[int, ...], list[ScoredItem]]]:
+        """(request indices, their items) batch by batch as batches finish, in any order."""
+        for batch in self.scheduler.run(requests):
+            yield (
+                batch.indices,
+                [
+                    judge_option_mass(result, requests[i].option_token_ids, self.threshold)
+                    for i, result in zip(batch.indices, batch.scores, strict=True)
+                ],
+            )
+
     def score_items(self, requests: Sequence[ScoringRequest]) -> list[ScoredItem]:
-        """Option scores per request (prefix cache per group), then the raw-mass rule."""
-        scores = score_with_parts(self.parts, self.spec, requests, pad_token_id=self.pad_token_id)
-        return [
-            judge_option_mass(result, request.option_token_ids, self.threshold)
-            for result, request in zip(scores, requests, strict=True)
-        ]
+        """Option scores per request (in request order), then the raw-mass rule."""
+        results: dict[int, ScoredItem] = {}
+        for indices, items in self.stream(requests):
+            results.update(zip(indices, items, strict=True))
+        return [results[i] for i in range(len(requests))]

@@ -4,13 +4,18 @@ One `InferenceSession` per part graph; all graphs of an engine point into one ex
 file. `OrtParts.open` checks the engine's manifest first (family, precision, checkpoint, file
 sizes and mtimes) and refuses a mismatch, naming the field.
 
-Session options that matter for memory: onnxruntime maps external weights from the file, so
-two sessions (or two processes) over one engine can share those pages, but by default each
-session *prepacks* constant matrix operands into its own private buffers, one private copy of
-the weights per session. `share_weight_pages=True` sets `session.disable_prepacking`, keeping
-the weights as file-backed shared pages at some speed cost (measured in the export report;
-NOTES.md §3 found ≈ 20% on smol). Memory is read as PSS/USS from /proc/<pid>/smaps_rollup:
-RSS counts shared pages once per process. Numpy and onnxruntime only.
+Session options that matter for memory and exactness: onnxruntime maps external weights from
+the file, so two sessions (or two processes) over one engine can share those pages, but a
+session that *prepacks* constant matrix operands copies them into private buffers, one private
+copy of the weights per session. Prepacking is on for the parts in `prepacked_parts` (by default
+the suffix part, which does almost all the work of a run): its packed GEMM gives every row the
+same result whatever the batch size (measured: bit-identical logits for batch 1 to 16, where
+the unpacked path moved them by up to 6.7e-6 on tiny-yi), and it is faster on small batches.
+The prefix and vision parts run long sequences where packing on the fly costs little, so they
+keep the weights as shared file pages. `share_weight_pages=True` turns prepacking off
+everywhere (one weight copy shared by every process, at some speed). Memory is read as PSS/USS
+from /proc/<pid>/smaps_rollup: RSS counts shared pages once per process. Numpy and onnxruntime
+only.
 """
 
 from __future__ import annotations
@@ -46,21 +51,27 @@ _OPTIMIZATION = {
 class OrtSessionConfig:
     """How the sessions of one engine are created."""
 
-    share_weight_pages: bool = True
-    """Disable weight prepacking so sessions and processes share the mapped weight pages."""
+    share_weight_pages: bool = False
+    """Disable weight prepacking in every part, so sessions and processes share the mapped
+    weight pages (one copy of the weights however many processes; slower, and batch-size
+    dependent in the last bits)."""
+    prepacked_parts: tuple[str, ...] = ("suffix",)
+    """Parts whose sessions prepack their weights (unless `share_weight_pages`)."""
     intra_op_threads: int = 0
     """Threads per operator (0: onnxruntime's default, one per core)."""
     optimization: Literal["disable", "basic", "extended", "all"] = "all"
     """onnxruntime graph optimisation level."""
 
 
-def session_options(config: OrtSessionConfig) -> ort.SessionOptions:
-    """onnxruntime SessionOptions for `config`."""
+def session_options(config: OrtSessionConfig, part: str | None = None) -> ort.SessionOptions:
+    """onnxruntime SessionOptions of `part` under `config` (no part: prepacking follows
+    `share_weight_pages` alone)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = _OPTIMIZATION[config.optimization]
     options.intra_op_num_threads = config.intra_op_threads
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
-    if config.share_weight_pages:
+    prepack = not config.share_weight_pages and (part is None or part in config.prepacked_parts)
+    if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
     return options
 
@@ -128,10 +139,11 @@ class OrtParts(SessionParts):
     ) -> None:
         self.config = config or OrtSessionConfig()
         """The session options used."""
-        options = session_options(self.config)
         sessions = {
             part: ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                str(path),
+                sess_options=session_options(self.config, part),
+                providers=["CPUExecutionProvider"],
             )
             for part, path in part_files.items()
         }

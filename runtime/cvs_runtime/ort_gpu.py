@@ -198,7 +198,7 @@ def gpu_session(
         # instead of onnxruntime quietly re-creating the session on the CPU.
         session = ort.InferenceSession(
             str(path),
-            sess_options=session_options(config or OrtSessionConfig()),
+            sess_options=session_options(config or OrtSessionConfig(), part),
             providers=chain,
             enable_fallback=0,
         )

@@ -19,6 +19,9 @@ PAST_PREFIX = "past"
 """Decoder cache inputs are `past.<layer>.key` / `past.<layer>.value`."""
 PRESENT_PREFIX = "present"
 """Decoder cache outputs are `present.<layer>.key` / `present.<layer>.value`."""
+SHARED_PREFIX = "prefix"
+"""Suffix-part inputs holding a group's shared prefix cache (batch 1) are `prefix.<layer>.key` /
+`prefix.<layer>.value`."""
 
 
 class PartError(KeyError):
@@ -65,6 +68,16 @@ def past_from_present(outputs: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[
     prefix = PRESENT_PREFIX + "."
     return {
         PAST_PREFIX + "." + name[len(prefix) :]: value
+        for name, value in outputs.items()
+        if name.startswith(prefix)
+    }
+
+
+def shared_prefix_from_present(outputs: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+    """The decoder's returned cache (batch 1) renamed as the suffix part's prefix inputs."""
+    prefix = PRESENT_PREFIX + "."
+    return {
+        SHARED_PREFIX + "." + name[len(prefix) :]: value
         for name, value in outputs.items()
         if name.startswith(prefix)
     }

@@ -102,7 +102,7 @@ def _run(
         settings,
         items,
         store,
-        scorer=scorer,
+        scorer=evaluate.in_batches(scorer, batch_size),
         tokenizer=tokenizer,
         spec=spec,
         prepare_image=lambda image_id: pytest.fail("no images in the text condition"),

@@ -71,3 +71,19 @@ def engine_shelf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineShe
     torch.set_num_threads(1)  # the machine is shared: keep the builds polite
     yield EngineShelf(tmp_path_factory.mktemp("engines"))
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smol_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """smol's fp32 engine folder: the repository's `engines/smol/fp32` when it is a valid engine
+    of the checkpoint with every part (`make demo` builds it), else one built for this session
+    (a few minutes)."""
+    from cvs_export.cli import build_engine, engine_up_to_date
+
+    repository = Path(__file__).resolve().parents[2] / "engines"
+    if engine_up_to_date("smol", "fp32", None, repository):
+        return repository / "smol" / "fp32"
+    root = tmp_path_factory.mktemp("smol-engine")
+    return build_engine(
+        "smol", weights=None, precision="fp32", out_root=root, echo=lambda _: None
+    ).folder

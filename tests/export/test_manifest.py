@@ -70,6 +70,7 @@ def test_a_matching_engine_loads(engine: Path) -> None:
     assert {f.name for f in manifest.files} == {
         "decoder.onnx",
         "embedding.onnx",
+        "suffix.onnx",
         "vision.onnx",
         "weights.bin",
     }

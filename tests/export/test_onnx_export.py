@@ -45,6 +45,7 @@ EXTRA_SIZES: Mapping[str, tuple[Mapping[str, int], ...]] = {
     "vision": ({"tiles": 3},),
     "embedding": ({"batch": 2, "seq": 17},),
     "decoder": ({"batch": 2, "seq": 6, "past": 5, "total": 11, "k": 2},),
+    "suffix": ({"batch": 5, "seq": 9, "prefix": 13, "k": 2},),
 }
 """Shapes beyond each spec's own check sizes, none of them traced."""
 

@@ -52,7 +52,10 @@ def make_record(source: Any, **changes: Any) -> TensorRTRecord:
     profiles = {
         name: [
             profile_for(
-                spec, axis_ranges(spec, {"batch": 2, "tiles": 2, "seq": 8, "past": 8, "k": 1})
+                spec,
+                axis_ranges(
+                    spec, {"batch": 2, "tiles": 2, "seq": 8, "past": 8, "prefix": 8, "k": 1}
+                ),
             ).to_json()
         ]
         for name, spec in specs.items()
@@ -96,6 +99,7 @@ def test_the_record_round_trips_through_the_manifest(tmp_path: Path, source: Any
         "vision": "vision.plan",
         "embedding": "embedding.plan",
         "decoder": "decoder.plan",
+        "suffix": "suffix.plan",
     }
     raw = json.loads((tmp_path / "trt-fp16" / "manifest.json").read_text())
     assert raw["export"]["tensorrt"]["gpu"] == {"name": "NVIDIA H200", "compute_capability": "9.0"}
@@ -178,7 +182,7 @@ def test_recording_without_every_plan_is_refused(tmp_path: Path, source: Any) ->
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "vision.plan").write_bytes(b"x")
     with pytest.raises(
-        TrtBuildError, match=r"no serialized engine for parts \['embedding', 'decoder'\]"
+        TrtBuildError, match=r"no serialized engine for parts \['embedding', 'decoder', 'suffix'\]"
     ):
         record_trt_engine(
             tmp_path / "e",

@@ -38,7 +38,7 @@ from cvs_export.trt_build import (
 from cvs_runtime.ort_backend import OrtParts
 
 FAMILIES = ("tiny-yi", "tiny-qwen")
-SMALL_MAXIMA = {"batch": 3, "tiles": 3, "seq": 9, "past": 6, "k": 2}
+SMALL_MAXIMA = {"batch": 3, "tiles": 3, "seq": 9, "past": 6, "prefix": 6, "k": 2}
 
 
 def point_inputs(

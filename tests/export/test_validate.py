@@ -23,8 +23,9 @@ from cvs_export.validate import (
     validation_set,
 )
 from cvs_families.reference import ReferenceScorer, pad_token_for
-from cvs_runtime.chain import score_with_parts
+from cvs_runtime.chain import score_with_parts_copying
 from cvs_runtime.ort_backend import OrtParts
+from cvs_runtime.scheduler import score_with_parts
 
 TINY_FAMILIES = ("tiny-vicuna", "tiny-yi", "tiny-qwen")
 Feeds = dict[str, NDArray[Any]]
@@ -60,12 +61,14 @@ class MutatedParts:
         return self.after(dict(self.inner.run(part, self.before(dict(inputs)), outputs)))
 
 
-def positions_off_by_one(feeds: Feeds) -> Feeds:
-    """The suffix's positions continue one past the cached prefix. (Shifting every position
-    alike would change nothing: rotary embeddings see only relative positions.)"""
-    if feeds["past.0.key"].shape[2] == 0:
-        return feeds
+def suffix_positions_off_by_one(feeds: Feeds) -> Feeds:
+    """The suffixes' positions continue one past the end of the shared prefix."""
     return {**feeds, "position_ids": feeds["position_ids"] + 1}
+
+
+def shared_prefix_cut(feeds: Feeds) -> Feeds:
+    """The suffixes see the shared prefix cache without its last token."""
+    return {k: v[:, :, :-1] if k.startswith("prefix.") else v for k, v in feeds.items()}
 
 
 def tiles_swapped(feeds: Feeds) -> Feeds:
@@ -73,16 +76,6 @@ def tiles_swapped(feeds: Feeds) -> Feeds:
     order = np.arange(pixels.shape[0])
     order[[0, 1]] = order[[1, 0]]  # the base tile and the first grid tile change places
     return {**feeds, "pixel_values": pixels[order]}
-
-
-def prefix_split_off_by_one(feeds: Feeds) -> Feeds:
-    """The suffix continues one token after where the cached prefix really ends."""
-    past = feeds["past.0.key"].shape[2]
-    if past == 0:
-        return feeds
-    cut = {k: v[:, :, : past - 1] for k, v in feeds.items() if k.startswith("past.")}
-    mask = np.delete(feeds["attention_mask"], past - 1, axis=1)
-    return {**feeds, **cut, "attention_mask": mask}
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +110,24 @@ def test_the_engine_chain_matches_the_reference_scorer(
     assert len(grids) == 2
 
 
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_the_copying_chain_kept_for_comparison_matches_too(
+    family: str, engine_shelf: Any, chain_setup: Any
+) -> None:
+    engine, requests, reference = chain_setup[family]
+    built = engine_shelf(family)
+    got = score_with_parts_copying(
+        engine, built.loaded.spec, requests, pad_token_id=pad_token_for(built.loaded)
+    )
+    assert compare_chain(got, reference, CHAIN_TOLERANCES["fp32"]).passed
+
+
 @pytest.mark.parametrize(
     "part,mutation",
     [
-        ("decoder", positions_off_by_one),
+        ("suffix", suffix_positions_off_by_one),
         ("vision", tiles_swapped),
-        ("decoder", prefix_split_off_by_one),
+        ("suffix", shared_prefix_cut),
     ],
     ids=["positions-off-by-one", "tiles-swapped", "prefix-split-off-by-one"],
 )

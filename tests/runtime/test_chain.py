@@ -1,4 +1,5 @@
-"""The engine chain's bookkeeping, on a fake engine that records what it is asked (no torch)."""
+"""The earlier (copying) chain's bookkeeping, kept for comparison, on a fake engine that records
+what it is asked (no torch). The scheduler's chain is tested in test_scheduler.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import pytest
 from numpy.typing import NDArray
 
 from cvs_families.registry import get_family
-from cvs_runtime.chain import embed_requests, expanded_split, group_split, score_with_parts
+from cvs_runtime.chain import (
+    embed_requests,
+    expanded_split,
+    group_split,
+)
+from cvs_runtime.chain import score_with_parts_copying as score_with_parts
 from cvs_runtime.requests import ScoringRequest
 
 SPEC = get_family("tiny-yi")

@@ -1,0 +1,106 @@
+"""`cvs-eval` on engines: what it prints and writes, and the bad inputs refused before scoring."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from cvs_evaluator.cli_eval import main
+from cvs_evaluator.results import ResultStore
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def engine_args(shelf: Any, out: Path, *extra: str) -> list[str]:
+    root = shelf("tiny-yi").folder.parent.parent
+    return [
+        "--model", "tiny-yi", "--engine", "ort", "--engines", str(root), "--country", "DEU",
+        "--question", "Q57", "--question", "Q58", "--out", str(out), "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
+        (["--batch-size", "-3"], "'--batch-size': -3 is not in the range x>=1"),
+        (["--per-section", "0"], "'--per-section': 0 is not in the range x>=1"),
+        (["--image-cache-bytes", "lots"], "'lots' is not a size"),
+        (["--prefix-cache-bytes", "12XB"], "'12XB' is not a size"),
+        (["--activation-bytes", "-1MiB"], "'-1MiB' is not a size"),
+    ],
+)
+def test_bad_numbers_are_refused_when_the_command_line_is_read(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    result = run(*args, "--out", str(tmp_path))
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())  # nothing loaded, nothing written
+
+
+def test_an_engine_run_scores_and_prints_where_the_time_went(
+    engine_shelf: Any, tmp_path: Path
+) -> None:
+    result = run(*engine_args(engine_shelf, tmp_path))
+    assert result.exit_code == 0, result.output
+    rows = list(ResultStore(tmp_path / "tiny-yi-ort-fp32.jsonl").rows())
+    assert len(rows) == 2 and {r["question"] for r in rows} == {"Q57", "Q58"}
+    assert "stage times (this run):" in result.output
+    # One group: its prefix computed once (a miss), every later batch of it a hit.
+    assert re.search(r"prefix cache: \d+ hits, 1 misses, 0 evictions", result.output)
+
+
+def test_an_image_run_checks_budgets_from_the_image_headers(
+    engine_shelf: Any, tmp_path: Path
+) -> None:
+    args = engine_args(
+        engine_shelf, tmp_path, "--condition", "image", "--include-uninformative-images"
+    )
+    args[args.index("DEU")] = "JPN"
+    result = run(*args, "--image-cache-bytes", "1KiB")
+    assert result.exit_code == 1
+    assert "the image cache budget 1.0 KiB cannot hold one image's features" in result.output
+    assert "--image-cache-bytes" in result.output and "or more" in result.output
+    assert not (tmp_path / "tiny-yi-ort-fp32.jsonl").exists()  # refused before any scoring
+
+
+def test_a_prefix_budget_too_small_is_one_line_before_any_scoring(
+    engine_shelf: Any, tmp_path: Path
+) -> None:
+    result = run(*engine_args(engine_shelf, tmp_path, "--prefix-cache-bytes", "1KiB"))
+    assert result.exit_code == 1
+    assert "the prefix cache budget 1.0 KiB cannot hold one prefix" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "tiny-yi-ort-fp32.jsonl").exists()
+
+
+def test_an_engine_without_the_suffix_part_says_how_to_rebuild(
+    engine_shelf: Any, tmp_path: Path
+) -> None:
+    old = tmp_path / "engines" / "tiny-yi" / "fp32"
+    shutil.copytree(engine_shelf("tiny-yi").folder, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["parts"]["suffix"]
+    manifest["files"] = [f for f in manifest["files"] if f["name"] != "suffix.onnx"]
+    (old / "suffix.onnx").unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    args = engine_args(engine_shelf, tmp_path / "runs")
+    args[args.index("--engines") + 1] = str(tmp_path / "engines")
+    result = run(*args)
+    assert result.exit_code == 1
+    assert "has no suffix part" in result.output
+    assert "rebuild it: cvs-export build --model tiny-yi" in result.output
+
+    from cvs_export.cli import engine_up_to_date
+
+    assert not engine_up_to_date("tiny-yi", "fp32", None, tmp_path / "engines")
+    assert engine_up_to_date("tiny-yi", "fp32", None, engine_shelf("tiny-yi").folder.parent.parent)
