@@ -49,6 +49,9 @@ class Recipe:
     """`KEEP_GROUPS` names left in fp32."""
     smooth_alpha: float | None = None
     """SmoothQuant migration strength (None: no smoothing); see `cvs_export.quantize`."""
+    reduce_range: bool = False
+    """Dynamic recipes: 7-bit weights, so AVX2's u8×s8 pair sums (vpmaddubsw, int16) cannot
+    saturate on CPUs without VNNI."""
     accuracy_level: int | None = None
     """MatMulNBits compute type (weight-only recipes): None/0 unset, 1 fp32, 4 int8 (the
     activations quantized per block for an int8 dot product)."""
@@ -77,6 +80,14 @@ RECIPES: Mapping[str, Recipe] = {
             "dynamic int8 per-channel, head kept fp32",
             per_channel=True,
             keep=("head",),
+        ),
+        Recipe(
+            "int8-dyn-pc-head-r7",
+            "dynamic",
+            "dynamic int8 per-channel, 7-bit weights (no AVX2 saturation), head kept fp32",
+            per_channel=True,
+            keep=("head",),
+            reduce_range=True,
         ),
         Recipe(
             "int8-wo",

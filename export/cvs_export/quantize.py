@@ -164,6 +164,7 @@ def quantize_part(
                 out_path,
                 op_types_to_quantize=["MatMul"],
                 per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=chosen,
                 use_external_data_format=True,

@@ -34,8 +34,8 @@ from cvs_export.parts import PartSpec, Precision, Tolerance, ToleranceClass, tol
 from cvs_families.checkpoint import ANSWER_PREFIX, LoadedModel, letter_token_ids
 from cvs_families.reference import ReferenceScorer, pad_token_for
 from cvs_families.spec import FamilySpec, PreparedImage
-from cvs_runtime.chain import embed_requests, empty_cache, shared_prefix_length
-from cvs_runtime.parts import PartRunner, past_from_present, shared_prefix_from_present
+from cvs_runtime.chain import embed_requests, empty_cache, run_prefix, shared_prefix_length
+from cvs_runtime.parts import PartRunner, past_from_present
 from cvs_runtime.requests import ScoringRequest
 from cvs_runtime.scheduler import score_with_parts
 from cvs_runtime.scores import OptionScores
@@ -505,18 +505,9 @@ def suffix_inputs(
     (row 0 by 2 where that leaves a real token), positions counting on from the prefix."""
     batch, seq, prefix, k = sizes["batch"], sizes["seq"], sizes["prefix"], sizes["k"]
     rows = sorted(material.embedded_rows, key=lambda r: -r.shape[0])
-    head = rows[0][None, :prefix]  # (1, prefix, hidden)
-    out = reference.run(
-        "decoder",
-        {
-            "inputs_embeds": head,
-            "position_ids": np.arange(prefix, dtype=np.int64)[None],
-            "attention_mask": np.ones((1, prefix), dtype=np.int64),
-            "logit_index": np.asarray([[prefix - 1]], dtype=np.int64),
-            **empty_cache(spec.text_num_layers, 1, spec.text_num_kv_heads, spec.text_head_dim),
-        },
-    )
-    embeds = np.zeros((batch, seq, head.shape[-1]), dtype=np.float32)  # (batch, seq, hidden)
+    cache = run_prefix(reference, spec, rows[0][:prefix])  # (1, kv, prefix, dim) per layer
+    hidden = rows[0].shape[-1]
+    embeds = np.zeros((batch, seq, hidden), dtype=np.float32)  # (batch, seq, hidden)
     mask = np.zeros((batch, seq), dtype=np.int64)
     for b in range(batch):
         row = rows[(b * 2) % len(rows)]
@@ -531,7 +522,7 @@ def suffix_inputs(
         "position_ids": np.tile(prefix + np.arange(seq, dtype=np.int64), (batch, 1)),
         "suffix_mask": mask,
         "logit_index": index.astype(np.int64),
-        **shared_prefix_from_present(out),
+        **cache,
     }
 
 

@@ -63,24 +63,23 @@ def cache_names(layers: int, prefix: str) -> tuple[str, ...]:
     return tuple(f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value"))
 
 
-def past_from_present(outputs: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-    """The decoder's returned cache renamed as the next call's cache inputs."""
+def _present_renamed(outputs: Mapping[str, NDArray[Any]], to: str) -> dict[str, NDArray[Any]]:
     prefix = PRESENT_PREFIX + "."
     return {
-        PAST_PREFIX + "." + name[len(prefix) :]: value
+        to + "." + name[len(prefix) :]: value
         for name, value in outputs.items()
         if name.startswith(prefix)
     }
+
+
+def past_from_present(outputs: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+    """The decoder's returned cache renamed as the next call's cache inputs."""
+    return _present_renamed(outputs, PAST_PREFIX)
 
 
 def shared_prefix_from_present(outputs: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
     """The decoder's returned cache (batch 1) renamed as the suffix part's prefix inputs."""
-    prefix = PRESENT_PREFIX + "."
-    return {
-        SHARED_PREFIX + "." + name[len(prefix) :]: value
-        for name, value in outputs.items()
-        if name.startswith(prefix)
-    }
+    return _present_renamed(outputs, SHARED_PREFIX)
 
 
 def select_outputs(part: str, available: Sequence[str], outputs: Sequence[str] | None) -> list[str]:

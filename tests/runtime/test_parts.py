@@ -152,6 +152,24 @@ def test_sharing_weight_pages_disables_prepacking() -> None:
         private.get_session_config_entry("session.disable_prepacking")
 
 
+def test_prepacking_is_on_for_the_suffix_part_only_by_default() -> None:
+    config = OrtSessionConfig()
+    suffix = session_options(config, "suffix", cpu=True)
+    with pytest.raises(Exception, match="disable_prepacking"):
+        suffix.get_session_config_entry("session.disable_prepacking")
+    for part in ("vision", "decoder"):
+        options = session_options(config, part, cpu=True)
+        assert options.get_session_config_entry("session.disable_prepacking") == "1"
+
+
+def test_cpu_sessions_share_one_arena_unless_asked_not_to() -> None:
+    shared = session_options(OrtSessionConfig(), "decoder", cpu=True)
+    assert shared.get_session_config_entry("session.use_env_allocators") == "1"
+    own = session_options(OrtSessionConfig(shared_arena=False), "decoder", cpu=True)
+    with pytest.raises(Exception, match="use_env_allocators"):
+        own.get_session_config_entry("session.use_env_allocators")
+
+
 def test_open_checks_the_manifest_first(tmp_path: Path) -> None:
     folder = tmp_path / "engine"
     write_graphs(folder)

@@ -79,7 +79,12 @@ def run_variant(
         *(["--limit", str(limit)] if limit else []),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run(command, check=True, env=env)
+    done = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        last = [line for line in done.stderr.splitlines() if line.strip()][-1:]
+        raise click.ClickException(
+            f"variant {name} ({condition}) failed: {last[0] if last else 'no message'}"
+        )
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
@@ -214,6 +219,12 @@ def assemble(runs: dict[tuple[str, str], dict[str, Any]], model: str) -> list[di
                 if key in run
             },
         }
+        if "budgets" in run:
+            # The memory target: growth above the opened engine within its budgets + 10%.
+            bound = 1.1 * sum(run["budgets"].values())
+            entry["memory_above_open_bytes"] = run["peak_rss_bytes"] - run["rss_after_open_bytes"]
+            entry["memory_bound_bytes"] = bound
+            entry["memory_within_bound"] = entry["memory_above_open_bytes"] <= bound
         variants.append(entry)
     return variants
 
@@ -304,7 +315,12 @@ def main(
     """
     from cvs_evaluator.bench.machine import cpu_flags, cpu_model, gemm_ceilings
     from cvs_evaluator.bench.report import markdown_table, write_reports
+    from cvs_families.paths import DataDirMissing, data_dir
 
+    try:
+        data_dir()  # every variant reads the survey data: say so before measuring anything
+    except DataDirMissing as error:
+        raise click.ClickException(str(error)) from None
     threads = threads or os.cpu_count() or 1
     click.echo(f"measuring the GEMM ceilings with {threads} thread(s) …")
     ceilings, sources = gemm_ceilings(threads)
