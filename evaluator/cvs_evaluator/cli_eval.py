@@ -120,14 +120,14 @@ class ByteSize(click.ParamType):
     "--prefix-cache-bytes",
     type=ByteSize(),
     default=None,
-    help="Engines: prefix key/value caches kept across the run [default: 15% of memory].",
+    help="Engines: prefix key/value caches kept across the run [default: 10% of memory].",
 )
 @click.option(
     "--activation-bytes",
     type=ByteSize(),
     default=None,
-    help="Engines: activations of one suffix batch; the batch size follows from it "
-    "[default: 10% of memory].",
+    help="Engines: activations of one pass (a group's prefix, or one suffix batch: the batch "
+    "size follows from it) [default: 20% of memory].",
 )
 @click.option(
     "--no-cache",

@@ -50,11 +50,11 @@ def test_sizes_print_in_binary_units() -> None:
 def test_defaults_follow_the_machine_memory_and_are_capped() -> None:
     small = default_budgets(memory_bytes=8 * 2**30)
     assert small.image_cache_bytes == 8 * 2**30 // 20
-    assert small.prefix_cache_bytes == 8 * 2**30 * 3 // 20
-    assert small.activation_bytes == 8 * 2**30 // 10
+    assert small.prefix_cache_bytes == 8 * 2**30 // 10
+    assert small.activation_bytes == 8 * 2**30 // 5
     huge = default_budgets(memory_bytes=2**40)
     assert huge.image_cache_bytes == 4 * 2**30 and huge.prefix_cache_bytes == 16 * 2**30
-    assert huge.activation_bytes == 8 * 2**30
+    assert huge.activation_bytes == 16 * 2**30
 
 
 @pytest.mark.parametrize(
