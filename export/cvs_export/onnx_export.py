@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import logging
 import time
 import warnings
@@ -388,6 +389,7 @@ def export_parts(
         began = time.perf_counter()
         graphs[name] = trace_part(twin, spec, opset=opset)
         seconds[name] = time.perf_counter() - began
+        gc.collect()  # the exporter's program and tracer state, before the next graph
     del twin
     needed = _tensor_order(graphs.values())
     weights = write_weights(model, needed, out_dir / WEIGHTS_FILE, dtype)

@@ -161,7 +161,7 @@ def plan_export(
     weights_file = sum(_bytes(t, dtype) for t in union.values())
     model_bytes = sum(_bytes(t, dtype) for t in everything.values())
     largest = max(_bytes(t, dtype) for t in union.values())
-    layers = dims.layers + dims.vision_layers_run
+    layers = sum(layer_counts.values())  # every traced graph's layers (decoder and suffix alike)
     return ExportPlan(
         family=family,
         precision=precision,
