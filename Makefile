@@ -19,11 +19,15 @@ WEIGHTS ?=
 # The int8 recipe `make engines` and `make bench` build and measure (see DESIGN.md, Precisions).
 INT8 ?= int8-wo
 
+# The study's eight countries in the data, and two more so that ten have flags.
+DEMO_COUNTRIES = $(foreach c,USA KOR BRA MEX CHN PAK NGA VNM DEU JPN,--country $(c))
+
 .PHONY: help install demo test check format engines engines-all bench clean
 
 help:
 	@echo "make demo         the main job on the default model (smol) over the real WVS data,"
-	@echo "                  scored on its onnxruntime engine (built first when missing)"
+	@echo "                  scored on its onnxruntime engine (built first when missing), checked"
+	@echo "                  against PyTorch on a sample; reports in runs/demo/alignment.html"
 	@echo "make test         run the test suite (not gpu/trt tests: they skip with the reason)"
 	@echo "make check        ruff format check, ruff lint, mypy on all packages"
 	@echo "make engines      what the demo and the bench need: smol and the tiny families at fp32"
@@ -47,7 +51,9 @@ $(STAMP): pyproject.toml requirements/smol.txt
 # no-op when a valid engine of the checkpoint is there).
 demo: $(STAMP)
 	$(BIN)/cvs-export build --if-missing --model $(MODEL) --precision fp32 $(if $(WEIGHTS),--weights $(WEIGHTS))
-	$(BIN)/cvs-eval --model $(MODEL) --engine ort --out runs $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(BIN)/cvs-eval --model $(MODEL) --engine ort $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+	  --condition text --condition image --include-uninformative-images $(DEMO_COUNTRIES) \
+	  --parity-sample 32 --fresh --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -9,6 +9,7 @@ by section, beside the human baselines.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -175,14 +176,20 @@ def run_evaluation(
     spec: FamilySpec,
     prepare_image: Callable[[str], PreparedImage],
     progress: bool = True,
+    row_identity: Callable[[PromptItem], Mapping[str, str]],
+    done: set[str] | None = None,
+    clock: StageTiming | None = None,
 ) -> int:
     """Score the items not yet in `store`; returns how many were scored now.
 
     Work goes to the scorer one image at a time (the text items together), so at most one
     prepared image is held and the scorer can group, cache and batch within it; each batch is
     written to the store as soon as the scorer yields it (a crash loses at most the batch in
-    flight)."""
-    done = store.done_ids()
+    flight). `row_identity(item)`: what identifies the weights, engine, image and scoring in
+    each row (`row_identity`); `done`: item ids to skip (default: the store's); `clock` times
+    prompt building and image preprocessing."""
+    done = store.done_ids() if done is None else done
+    clock = clock or _NoClock()
     units: dict[str, list[PromptItem]] = {}
     for item in items:
         if item.item_id not in done:
@@ -190,18 +197,64 @@ def run_evaluation(
     todo = sum(len(unit) for unit in units.values())
     bar = tqdm(total=todo, unit="item", disable=not progress, desc=f"{settings.model}")
     for image_id, unit in units.items():
-        prepared = prepare_image(image_id) if image_id else None
-        requests = [to_request(item, tokenizer, spec, prepared) for item in unit]
+        prepared = None
+        if image_id:
+            with clock.timed("image_preprocess"):
+                prepared = prepare_image(image_id)
+        requests = []
+        for item in unit:
+            with clock.timed("prompt"):
+                requests.append(to_request(item, tokenizer, spec, prepared))
         for indices, scored in scorer(requests):
             store.append(
-                _row(settings, unit[i], result) for i, result in zip(indices, scored, strict=True)
+                _row(settings, unit[i], result, row_identity(unit[i]))
+                for i, result in zip(indices, scored, strict=True)
             )
             bar.update(len(scored))
     bar.close()
     return todo
 
 
-def _row(settings: EvalSettings, item: PromptItem, result: ScoredItem) -> ResultRow:
+SCORING_VARIANT = "letters-renorm-v1"
+"""How a row's numbers are made from the forward pass: the option letters' full-vocabulary
+log-probs at the answer position, renormalised; the raw-mass rule; the top-20 variant. Changes
+whenever any of that changes (a stored row is reused only under the same variant)."""
+
+
+def row_identity(
+    checkpoint_fingerprint: str,
+    engine_manifest_sha256: str,
+    image_hashes: Mapping[str, str] | None = None,
+) -> Callable[[PromptItem], dict[str, str]]:
+    """What identifies an item's row besides its id: the weights, the engine ("" for torch),
+    the image's bytes ("" for text) and the scoring variant."""
+    hashes = image_hashes or {}
+
+    def identity(item: PromptItem) -> dict[str, str]:
+        return {
+            "checkpoint_fingerprint": checkpoint_fingerprint,
+            "engine_manifest_sha256": engine_manifest_sha256,
+            "image_sha256": hashes.get(item.image_id, "") if item.image_id else "",
+            "scoring_variant": SCORING_VARIANT,
+        }
+
+    return identity
+
+
+class StageTiming(Protocol):
+    """Times the evaluator's own stages (`run_pipeline.StageClock`)."""
+
+    def timed(self, stage: str) -> AbstractContextManager[None]: ...
+
+
+class _NoClock:
+    def timed(self, stage: str) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+def _row(
+    settings: EvalSettings, item: PromptItem, result: ScoredItem, extras: Mapping[str, Any]
+) -> ResultRow:
     def listed(values: np.ndarray | None) -> list[float] | None:
         return None if values is None else [float(v) for v in values]
 
@@ -224,6 +277,7 @@ def _row(settings: EvalSettings, item: PromptItem, result: ScoredItem) -> Result
         reason=result.reason,
         distribution=listed(result.distribution),
         topk_distribution=listed(result.topk_distribution),
+        **extras,
     )
 
 

@@ -16,6 +16,7 @@ must not duplicate them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -177,12 +178,13 @@ def score_engine(
     manifest = check_engine(
         folder, family=model, precision=precision, allow_failed_verdict=allow_failed_engine
     )
+    fingerprint = checkpoint_fingerprint(checkpoint)
     parts = open_engine(
         "ort",
         folder,
         family=model,
         precision=precision,
-        checkpoint_fingerprint=checkpoint_fingerprint(checkpoint),
+        checkpoint_fingerprint=fingerprint,
         allow_failed_verdict=allow_failed_engine,
     )
     bank = load_question_bank()
@@ -210,6 +212,9 @@ def score_engine(
         spec=spec,
         prepare_image=_no_image,
         progress=progress,
+        row_identity=evaluate.row_identity(
+            fingerprint, hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+        ),
     )
     seconds = time.perf_counter() - started
     timing = _record_timing(store.path, scored, seconds)

@@ -35,9 +35,6 @@ if TYPE_CHECKING:
     from cvs_evaluator.images import ImageRecord
     from cvs_families.spec import FamilySpec, PreparedImage
 
-PROMPT_TEMPLATE_VERSION = "cvs-prompt-v1"
-"""Changes whenever any wording below changes; travels with every item and result."""
-
 Condition = Literal["text", "image", "image+country"]
 CONDITIONS: tuple[Condition, ...] = ("text", "image", "image+country")
 
@@ -83,6 +80,26 @@ CATEGORY_CUES: Mapping[str, str] = {
 """The `image` condition's cue per image category (the study's eight, flags, Dollar Street)."""
 DEFAULT_CUE = "what it shows"
 """Cue for a category not listed above."""
+OPTION_LINE = "({letter}) {label}"
+"""One option as the prompt shows it."""
+TEMPLATE_TEXTS: tuple[str, ...] = (
+    PERSONA_TEXT,
+    PERSONA_IMAGE,
+    PERSONA_IMAGE_COUNTRY,
+    RULES,
+    QUESTION_LEAD,
+    QUESTION_BODY,
+    ANSWER_PREFIX,
+    OPTION_LINE,
+    DEFAULT_CUE,
+    json.dumps(dict(CATEGORY_CUES), sort_keys=True),
+)
+"""Every wording a prompt is made of."""
+PROMPT_TEMPLATE_VERSION = (
+    "cvs-prompt-" + hashlib.sha256("\0".join(TEMPLATE_TEXTS).encode()).hexdigest()[:12]
+)
+"""A hash of every wording above: changes whenever any of it changes, by construction; travels
+with every item and result (a stored row is reused only under the same version)."""
 
 
 class PromptError(ValueError):
@@ -179,7 +196,8 @@ def persona_text(condition: Condition, country_name: str, category: str) -> str:
 def question_text(question: SurveyQuestion, letters: Sequence[str]) -> str:
     """The question and its lettered options (the part after the shared text)."""
     lines = "\n".join(
-        f"({letter}) {label}" for letter, (_, label) in zip(letters, question.options, strict=True)
+        OPTION_LINE.format(letter=letter, label=label)
+        for letter, (_, label) in zip(letters, question.options, strict=True)
     )
     return QUESTION_BODY.format(question=question.text.strip(), options=lines)
 

@@ -88,6 +88,8 @@ class StageTimes:
     `tokens`, what a FLOP count needs."""
     padded_tokens: int = 0
     """Suffix positions computed that were padding."""
+    samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    """Seconds of every call per stage, in call order (for percentiles)."""
 
     @contextmanager
     def timed(self, stage: str, tokens: int = 0, attended: int = 0) -> Iterator[None]:
@@ -97,7 +99,9 @@ class StageTimes:
         try:
             yield
         finally:
-            self.seconds[stage] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.seconds[stage] += elapsed
+            self.samples[stage].append(elapsed)
             self.calls[stage] += 1
             self.tokens[stage] += tokens
             self.attended[stage] += attended

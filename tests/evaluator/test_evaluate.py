@@ -107,6 +107,7 @@ def _run(
         spec=spec,
         prepare_image=lambda image_id: pytest.fail("no images in the text condition"),
         progress=False,
+        row_identity=evaluate.row_identity("checkpoint", "manifest"),
     )
     return store
 

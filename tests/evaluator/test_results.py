@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from cvs_evaluator.results import ResultRow, ResultStore, model_long
+from cvs_evaluator.results import (
+    ResultRow,
+    ResultStore,
+    StoreError,
+    durable_path,
+    model_long,
+    repair_store,
+)
 
 
 def _row(item_id: str, status: str = "scored", dist: list[float] | None = None) -> ResultRow:
@@ -36,6 +45,10 @@ def _row(item_id: str, status: str = "scored", dist: list[float] | None = None) 
         reason="" if status == "scored" else "low",
         distribution=dist,
         topk_distribution=dist,
+        checkpoint_fingerprint="fp",
+        engine_manifest_sha256="",
+        image_sha256="",
+        scoring_variant="letters-v1",
     )
 
 
@@ -76,7 +89,7 @@ for i in range(100000):
         "from cvs_evaluator.results import ResultRow\n"
         "def make(i):\n"
         "    return ResultRow(i, 'm', 'torch', 'fp32', 'v', 'text', 'DEU', 'Q1', 'S', '', 'g',"
-        " [1, 2], [-1.0, -2.0], 0.5, 'scored', '', [0.7, 0.3], None)\n"
+        " [1, 2], [-1.0, -2.0], 0.5, 'scored', '', [0.7, 0.3], None, 'fp', '', '', 'l1')\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", script],
@@ -120,3 +133,118 @@ def test_model_long_rejects_an_unknown_variant(tmp_path: Path) -> None:
     store.append([_row("a|Q1")])
     with pytest.raises(KeyError):
         model_long(store.frame(), variant="nonsense")
+
+
+# ---- damaged stores: one line naming the file, the line and what to do ---------------------
+
+
+def _line(row: ResultRow) -> str:
+    return json.dumps(asdict(row), separators=(",", ":")) + "\n"
+
+
+def _one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ('{"item_id": "a|Q2", "model" "x"}\n', "Expecting ':' delimiter at column"),
+        ("\n", "Expecting value at column 1"),
+        ("[1, 2]\n", "a JSON list, not an object"),
+        ('{"model": "x"}\n', "no item_id"),
+        ('{"item_id": "\xff"}\n', "not UTF-8"),
+    ],
+)
+def test_a_damaged_middle_line_names_the_file_the_line_and_the_repair(
+    tmp_path: Path, damage: str, why: str
+) -> None:
+    path = tmp_path / "run" / "store.jsonl"
+    path.parent.mkdir()
+    raw = damage.encode("latin-1") if "\xff" in damage else damage.encode()
+    path.write_bytes(_line(_row("a|Q1")).encode() + raw + _line(_row("a|Q3")).encode())
+    store = ResultStore(path)
+    for read in (store.done_ids, store.frame, lambda: list(store.rows())):
+        with pytest.raises(StoreError) as error:
+            read()
+        message = _one_line(error)
+        assert message.startswith(f"{path} line 2 is not a JSON row (")
+        assert why in message
+        assert f"run `cvs-eval repair {path.parent}`" in message
+        assert "store.jsonl.damaged" in message
+        assert "--fresh" in message
+    assert isinstance(error.value, ValueError)  # the CLI prints a ValueError as one line
+
+
+def test_duplicated_item_ids_are_refused_with_the_repair_command(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "store.jsonl"
+    store = ResultStore(path)
+    store.append([_row("a|Q1"), _row("a|Q2"), _row("a|Q1"), _row("a|Q2"), _row("a|Q2")])
+    for read in (store.done_ids, store.frame):
+        with pytest.raises(StoreError) as error:
+            read()
+        message = _one_line(error)
+        assert message.startswith(f"{path} holds 2 item id(s) more than once (3 extra row(s)")
+        assert "e.g. 'a|Q1'" in message
+        assert f"`cvs-eval repair {path.parent}`" in message
+        assert "--fresh" in message
+
+
+def test_repair_keeps_first_rows_moves_damage_and_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "store.jsonl"
+    first_a, first_b = _line(_row("a|Q1")), _line(_row("a|Q2"))
+    conflicting_b = _line(_row("a|Q2", dist=[0.9, 0.1]))
+    damaged = '{"item_id": "a|Q9", "mo\n'
+    torn = '{"item_id": "a|Q4", "model": "tin'
+    path.write_text(first_a + first_b + damaged + first_a + conflicting_b + torn, "utf-8")
+
+    report = repair_store(path)
+
+    assert (report.kept, report.duplicates_dropped) == (2, 2)
+    assert (report.conflicting, report.damaged_moved) == (1, 2)
+    assert path.read_text("utf-8") == first_a + first_b
+    damaged_file = tmp_path / "store.jsonl.damaged"
+    assert damaged_file.read_text("utf-8") == damaged + torn + "\n"
+    assert ResultStore(path).done_ids() == {"a|Q1", "a|Q2"}
+    assert "kept 2 rows, dropped 2 duplicate(s) (1 with different contents" in report.summary(path)
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+    again = repair_store(path)
+    assert (again.kept, again.duplicates_dropped, again.damaged_moved) == (2, 0, 0)
+    assert not again.changed
+    assert path.read_text("utf-8") == first_a + first_b
+    assert damaged_file.read_text("utf-8") == damaged + torn + "\n"
+    assert again.summary(path) == f"{path}: nothing to repair (2 rows)"
+
+
+def test_repair_keeps_rows_of_an_older_schema_and_a_missing_store_is_empty(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.jsonl"
+    old = asdict(_row("a|Q1"))
+    for key in ("checkpoint_fingerprint", "engine_manifest_sha256", "image_sha256"):
+        del old[key]
+    del old["scoring_variant"]
+    old["schema"] = 1
+    text = json.dumps(old) + "\n"
+    path.write_text(text + text, "utf-8")
+    report = repair_store(path)
+    assert (report.kept, report.duplicates_dropped, report.conflicting) == (1, 1, 0)
+    assert [row["schema"] for row in ResultStore(path).rows()] == [1]
+    assert not repair_store(tmp_path / "absent.jsonl").changed
+
+
+def test_durable_path_leaves_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    path = tmp_path / "out.txt"
+    path.write_text("old", "utf-8")
+    with pytest.raises(RuntimeError), durable_path(path) as temporary:
+        temporary.write_text("half", "utf-8")
+        raise RuntimeError("writer failed")
+    assert path.read_text("utf-8") == "old"
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["out.txt"]
+    with durable_path(path) as temporary:
+        temporary.write_text("new", "utf-8")
+    assert path.read_text("utf-8") == "new"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)

@@ -23,7 +23,8 @@ def engine_args(shelf: Any, out: Path, *extra: str) -> list[str]:
     root = shelf("tiny-yi").folder.parent.parent
     return [
         "--model", "tiny-yi", "--engine", "ort", "--engines", str(root), "--country", "DEU",
-        "--question", "Q57", "--question", "Q58", "--out", str(out), "--no-progress", *extra,
+        "--question", "Q57", "--question", "Q58", "--out", str(out), "--no-progress",
+        "--compare-to", "none", *extra,
     ]  # fmt: skip
 
 
@@ -52,7 +53,7 @@ def test_an_engine_run_scores_and_prints_where_the_time_went(
 ) -> None:
     result = run(*engine_args(engine_shelf, tmp_path))
     assert result.exit_code == 0, result.output
-    rows = list(ResultStore(tmp_path / "tiny-yi-ort-fp32.jsonl").rows())
+    rows = list(ResultStore(tmp_path / "store.jsonl").rows())
     assert len(rows) == 2 and {r["question"] for r in rows} == {"Q57", "Q58"}
     assert "stage times (this run):" in result.output
     # One group: its prefix computed once (a miss), every later batch of it a hit.
@@ -70,7 +71,7 @@ def test_an_image_run_checks_budgets_from_the_image_headers(
     assert result.exit_code == 1
     assert "the image cache budget 1.0 KiB cannot hold one image's features" in result.output
     assert "--image-cache-bytes" in result.output and "or more" in result.output
-    assert not (tmp_path / "tiny-yi-ort-fp32.jsonl").exists()  # refused before any scoring
+    assert not (tmp_path / "store.jsonl").exists()  # refused before any scoring
 
 
 def test_a_prefix_budget_too_small_is_one_line_before_any_scoring(
@@ -80,7 +81,7 @@ def test_a_prefix_budget_too_small_is_one_line_before_any_scoring(
     assert result.exit_code == 1
     assert "the prefix cache budget 1.0 KiB cannot hold one prefix" in result.output
     assert "Traceback" not in result.output
-    assert not (tmp_path / "tiny-yi-ort-fp32.jsonl").exists()
+    assert not (tmp_path / "store.jsonl").exists()
 
 
 def test_an_engine_without_the_suffix_part_says_how_to_rebuild(

@@ -1,0 +1,599 @@
+"""One `cvs-eval` run, start to finish: a run folder scored, compared, and reported.
+
+`execute` builds the prompts, opens the run folder (a kernel lock for the whole run; rows reused
+only under the same identity), screens the images when asked, scores what the store lacks,
+scores a sample on the comparison engine into `RUN/compare/`, and writes the reports, with
+`results.parquet` last. `rebuild_reports` writes the reports again from the stores, scoring
+nothing. Stage timings (prompt building, image preprocessing, the engine's stages, the metric)
+go to the latency report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cvs_evaluator import evaluate
+from cvs_evaluator.prompts import PROMPT_TEMPLATE_VERSION, Condition, PromptItem
+from cvs_evaluator.results_table import results_frame
+from cvs_evaluator.scorers import RunScorer
+
+PARITY_SEED = 0
+"""Seeds the parity sample."""
+SETTINGS_FILE = "settings.json"
+"""What the run asked for (conditions, countries, questions, human source): `report` reads it."""
+TIMINGS_FILE = "timings.json"
+"""Per-call stage seconds and cache statistics of the run and its comparison."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything `cvs-eval run` was asked, in the CLI's words."""
+
+    model: str
+    engine: str
+    engines_root: Path
+    precision: str
+    weights: Path | None
+    conditions: tuple[Condition, ...]
+    countries: tuple[str, ...]
+    questions: tuple[str, ...]
+    per_section: int | None
+    images: str
+    include_uninformative_images: bool
+    out: Path
+    fresh: bool
+    compare_to: str | None
+    parity_sample: int
+    screen: int | None
+    human_source: str
+    goqa_file: Path | None
+    batch_size: int
+    budgets: Any
+    share_weight_pages: bool = False
+    allow_failed_engine: bool = False
+    progress: bool = True
+    show_items: bool = False
+    command_line: tuple[str, ...] = field(default_factory=lambda: tuple(sys.argv))
+
+
+@dataclass
+class StageClock:
+    """Seconds of every call of the evaluator's own stages."""
+
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    """Stage → seconds per call."""
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Time one call of `stage`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.samples.setdefault(stage, []).append(time.perf_counter() - start)
+
+
+def image_hashes(image_set: Any) -> dict[str, str]:
+    """Image id → sha256 of the image file's bytes (a changed file is a different image)."""
+    hashes = {}
+    for record in image_set.records:
+        path = record.path if record.path.is_absolute() else image_set.root / record.path
+        if path.is_file():
+            hashes[record.id] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def parity_sample(items: Sequence[PromptItem], size: int, seed: int = PARITY_SEED) -> list[str]:
+    """Item ids to score on the comparison engine, in run order: all when there are no more
+    than `size`; else whole (country, question) pairs drawn in a seeded order, each with all of
+    its items (text and image alike, so the image − text effect can be compared), until `size`
+    items are taken (the last pair may be cut short)."""
+    if len(items) <= size:
+        return [item.item_id for item in items]
+    pairs: dict[tuple[str, str], list[int]] = {}
+    for index, item in enumerate(items):
+        pairs.setdefault((item.country, item.question_id), []).append(index)
+    keys = sorted(pairs)
+    chosen: list[int] = []
+    for position in np.random.default_rng(seed).permutation(len(keys)):
+        chosen.extend(pairs[keys[position]][: size - len(chosen)])
+        if len(chosen) == size:
+            break
+    return [items[i].item_id for i in sorted(chosen)]
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def score_into(
+    folder: Any,
+    scorer: RunScorer,
+    items: Sequence[PromptItem],
+    settings: evaluate.EvalSettings,
+    *,
+    spec: Any,
+    prepare_image: Callable[[str], Any],
+    hashes: dict[str, str],
+    clock: StageClock,
+    progress: bool,
+) -> dict[str, Any]:
+    """Score `items` not yet in the run folder's store; returns the run's timing record."""
+    started = time.perf_counter()
+    stream = scorer.stream if scorer.scheduler is not None else _timed(scorer.stream, clock)
+    scored = evaluate.run_evaluation(
+        settings, items, folder.store, scorer=stream, tokenizer=scorer.tokenizer,
+        spec=spec, prepare_image=prepare_image, progress=progress,
+        row_identity=evaluate.row_identity(
+            scorer.checkpoint_fingerprint, scorer.engine_manifest_sha256, hashes
+        ),
+        done=folder.done_ids(hashes), clock=clock,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    stages = dict(clock.samples)
+    caches: dict[str, dict[str, float]] = {}
+    if scorer.scheduler is not None:
+        for stage, samples in scorer.scheduler.times.samples.items():
+            if samples:
+                stages[stage] = list(samples)
+        for cache in (scorer.scheduler.image_cache, scorer.scheduler.prefix_cache):
+            stats = cache.stats
+            caches[cache.name] = {
+                "hits": stats.hits, "misses": stats.misses, "evictions": stats.evictions,
+                "peak_bytes": stats.peak_bytes, "budget_bytes": cache.budget_bytes,
+            }  # fmt: skip
+    return {
+        "stages": stages,
+        "items": scored,
+        "wall_seconds": wall,
+        "caches": caches,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+
+
+def _timed(stream: evaluate.Scorer, clock: StageClock) -> evaluate.Scorer:
+    """`stream` with each batch's scoring timed as the `score` stage (the PyTorch reference has
+    no stages of its own)."""
+
+    def timed(requests: Sequence[Any]) -> Iterator[Any]:
+        batches = iter(stream(requests))
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            clock.samples.setdefault("score", []).append(time.perf_counter() - start)
+            yield batch
+
+    return timed
+
+
+def identity_of(model: str, scorer: RunScorer) -> Any:
+    """What a stored row must share with this run to be reused."""
+    from cvs_evaluator.run_folder import RunIdentity
+
+    return RunIdentity(
+        model=model,
+        engine=scorer.engine,
+        precision=scorer.precision,
+        checkpoint_fingerprint=scorer.checkpoint_fingerprint,
+        engine_manifest_sha256=scorer.engine_manifest_sha256,
+        template_version=PROMPT_TEMPLATE_VERSION,
+        scoring_variant=evaluate.SCORING_VARIANT,
+    )
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON durably and atomically (a crash leaves the old file or the new one)."""
+    from cvs_evaluator.results import durable_path
+
+    with durable_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def settings_record(
+    request: RunRequest,
+    countries: Sequence[str],
+    questions: Sequence[str],
+    items: Sequence[PromptItem] = (),
+    scorer: RunScorer | None = None,
+    parity_skipped: str | None = None,
+) -> dict[str, Any]:
+    """What `report` needs to rebuild the reports: the run's choices, resolved."""
+    record = asdict(request)
+    record.update(countries=list(countries), questions=list(questions))
+    record["budgets"] = None if request.budgets is None else asdict(request.budgets)
+    record["item_ids"] = [item.item_id for item in items]
+    record["scorer"] = asdict_scorer(scorer) if scorer is not None else {}
+    record["scorer"]["parity_skipped"] = parity_skipped
+    return record
+
+
+def final_frames(
+    run_dir: Path, order: Sequence[str] | None, shares: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(results, comparison results) from the stores; the run's rows in `order` (item ids)."""
+    from cvs_evaluator.results import ResultStore
+
+    results = results_frame(ResultStore(run_dir / "store.jsonl").frame(), shares, order)
+    compare_store = run_dir / "compare" / "store.jsonl"
+    compare = None
+    if compare_store.is_file():
+        compare = results_frame(ResultStore(compare_store).frame(), shares)
+        compare = compare[compare["item_id"].isin(set(results["item_id"]))]
+    return results, compare
+
+
+def human_shares(source: str, goqa_file: Path | None, bank: Any) -> tuple[pd.DataFrame, list[str]]:
+    """The human answer distributions and one line per thing that did not map (GlobalOpinionQA)."""
+    from cvs_evaluator.wvs import load_study_shares
+
+    if source == "wvs":
+        if goqa_file is not None:
+            raise ValueError("--goqa-file is read only with --human-source goqa")
+        return load_study_shares(), []
+    if goqa_file is None:
+        raise ValueError("--human-source goqa needs --goqa-file FILE (GlobalOpinionQA's CSV)")
+    from cvs_evaluator.globalopinion import load_goqa_shares
+
+    mapped = load_goqa_shares(goqa_file, bank)
+    if mapped.shares.empty:
+        raise ValueError(
+            f"nothing in {goqa_file} matched the question bank: {'; '.join(mapped.describe())}"
+        )
+    return mapped.shares, mapped.describe()
+
+
+def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
+    """Run `request` into its run folder; returns the folder."""
+    from cvs_evaluator import scorers, terminal
+    from cvs_evaluator.countries import STUDY_COUNTRIES, country
+    from cvs_evaluator.questions import load_question_bank
+    from cvs_evaluator.run_folder import open_run
+    from cvs_families.registry import get_family
+
+    spec = get_family(request.model)
+    scorers.check_precision(request.engine, request.precision)
+    compare_to, skipped_because = _compare_target(request, echo)
+    image_conditions = [c for c in request.conditions if c != "text"]
+    if image_conditions and not spec.image_informative and not request.include_uninformative_images:
+        raise ValueError(
+            f"{request.model}'s vision tower is random (no vision weights can be had here), so "
+            f"the {'/'.join(image_conditions)} condition carries no information; pass "
+            "--include-uninformative-images to score it anyway"
+        )
+    if request.screen is not None and not image_conditions:
+        raise ValueError("--screen screens images: it needs an image condition")
+    clock = StageClock()
+    bank = load_question_bank()
+    shares, unmatched = human_shares(request.human_source, request.goqa_file, bank)
+    for line in unmatched:
+        echo(line)
+    present = set(shares["country"])
+    wanted = [country(code).iso3 for code in request.countries] or list(STUDY_COUNTRIES)
+    missing = [code for code in wanted if code not in present]
+    if missing and "text" in request.conditions:
+        echo(f"not in the survey data (left out, never substituted): {', '.join(missing)}")
+        wanted = [code for code in wanted if code in present]
+    chosen = evaluate.select_questions(
+        bank, per_section=request.per_section, only=request.questions
+    )
+    image_set = _image_source(request.images) if image_conditions else None
+    scorer = _scorer(request, request.engine, request.precision, spec)
+    hashes = image_hashes(image_set) if image_set else {}
+    with open_run(request.out, identity_of(request.model, scorer), fresh=request.fresh) as run:
+        records = tuple(image_set.records) if image_set else ()
+        screening = None
+        if request.screen is not None and image_set is not None:
+            screening = _screen(request, spec, scorer, image_set, wanted, echo)
+            kept = set(screening["image_id"][screening["kept"]])
+            records = tuple(r for r in records if r.id in kept)
+            screening.to_csv(run.path / "screening.csv", index=False)
+        settings = evaluate.EvalSettings(
+            model=request.model, engine=request.engine, precision=request.precision,
+            conditions=request.conditions, countries=tuple(wanted),
+            batch_size=request.batch_size, images=records,
+        )  # fmt: skip
+        asked = set(zip(shares["country"], shares["question"], strict=True))
+        with clock.timed("prompt"):
+            items, notes = evaluate.build_items(
+                settings, chosen, scorer.tokenizer, spec, asked=asked
+            )
+        for line in notes:
+            echo(f"not asked: {line}")
+        record = settings_record(
+            request, wanted, [q.id for q in chosen], items, scorer, skipped_because
+        )
+        write_json(run.path / SETTINGS_FILE, record)
+        if scorer.scheduler is not None and image_set is not None:
+            evaluate.check_budgets(
+                items, scorer.tokenizer, spec, _image_sizes(image_set), scorer.scheduler
+            )
+        echo(
+            f"{request.model} on {request.engine}/{request.precision}: {len(items)} items "
+            f"({len(chosen)} questions × {len(wanted)} countries × "
+            f"{', '.join(request.conditions)}) → {run.path}"
+        )
+        prepare = _image_preparer(image_set, spec) if image_set else _no_images
+        timings: dict[str, Any] = {"run": score_into(
+            run, scorer, items, settings, spec=spec, prepare_image=prepare, hashes=hashes,
+            clock=clock, progress=request.progress,
+        ), "compare": None}  # fmt: skip
+        if scorer.scheduler is not None:
+            terminal.print_stage_times(scorer.scheduler)
+        if compare_to is not None:
+            timings["compare"] = _compare(
+                request, run, compare_to, spec, items, settings, prepare, hashes, echo
+            )
+        write_json(run.path / TIMINGS_FILE, timings)
+        results = write_run_reports(run.path, items, shares, bank, record, clock)
+    rows = _store_rows(run.path)
+    rows = rows[rows["item_id"].isin(set(results["item_id"]))]
+    tables = evaluate.alignment_tables(rows, shares, bank)
+    terminal.print_report(tables, bank, request.show_items, rows, shares)
+    echo(f"\nreport: {run.path / 'alignment.html'}")
+    return run.path
+
+
+def _compare_target(
+    request: RunRequest, echo: Callable[[str], None]
+) -> tuple[tuple[str, str] | None, str | None]:
+    """(the comparison engine, why there is none): `--compare-to`, else torch/fp32 for engine
+    runs where torch is importable; none for torch runs and with `--compare-to none`."""
+    from cvs_evaluator import scorers
+
+    if request.compare_to is not None:
+        if request.compare_to == "none":
+            return None, "not asked (--compare-to none)"
+        return scorers.parse_compare_to(request.compare_to), None
+    if request.engine == "torch":
+        return None, "the run is the PyTorch reference"
+    if not scorers.torch_available():
+        echo("parity: skipped (torch not installed)")
+        return None, "torch not installed"
+    return ("torch", "fp32"), None
+
+
+def _scorer(request: RunRequest, engine: str, precision: str, spec: Any) -> RunScorer:
+    from cvs_evaluator import scorers
+
+    if engine == "torch":
+        return scorers.torch_scorer(spec, request.weights, request.batch_size)
+    return scorers.engine_scorer(
+        spec, request.weights, engine, request.engines_root, precision,
+        budgets=request.budgets, allow_failed_engine=request.allow_failed_engine,
+        share_weight_pages=request.share_weight_pages,
+    )  # fmt: skip
+
+
+def _screen(
+    request: RunRequest,
+    spec: Any,
+    scorer: RunScorer,
+    image_set: Any,
+    countries: Sequence[str],
+    echo: Callable[[str], None],
+) -> pd.DataFrame:
+    """Rank every candidate country for each image of the wanted countries (the PyTorch
+    reference scores the country names as continuations) and keep the top `--screen`."""
+    from cvs_evaluator.screening import candidates_from_records, screen_images
+
+    reference = scorer.reference
+    if reference is None:
+        reference = _scorer(request, "torch", "fp32", spec).reference
+    records = [r for r in image_set.records if r.country in set(countries)]
+    prepare = _image_preparer(image_set, spec)
+    pairs = [(record, prepare(record.id)) for record in records]
+    result = screen_images(
+        reference, pairs, candidates_from_records(records), scorer.tokenizer, spec,
+        k=int(request.screen or 0),
+    )  # fmt: skip
+    category = {record.id: record.category for record in records}
+    table = pd.DataFrame(
+        [
+            {
+                "image_id": image.image_id,
+                "country": image.country,
+                "category": category[image.image_id],
+                "rank": image.rank,
+                "kept": image.kept,
+                "top": " ".join(image.ranking[: result.k]),
+            }
+            for image in result.images
+        ],
+        columns=["image_id", "country", "category", "rank", "kept", "top"],
+    )
+    echo(
+        f"screening (top {result.k} of {len(result.candidates)} countries): kept "
+        f"{int(table['kept'].sum())} of {len(table)} images (accuracy {result.accuracy:.1%}, "
+        f"chance {result.chance:.1%})"
+    )
+    return table
+
+
+def _compare(
+    request: RunRequest,
+    run: Any,
+    target: tuple[str, str],
+    spec: Any,
+    items: Sequence[PromptItem],
+    settings: evaluate.EvalSettings,
+    prepare: Callable[[str], Any],
+    hashes: dict[str, str],
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """Score the parity sample on the comparison engine into `RUN/compare/` (its own identity
+    and lock, inside the run's)."""
+    engine, precision = target
+    sample = set(parity_sample(items, request.parity_sample))
+    chosen = [item for item in items if item.item_id in sample]
+    echo(f"parity: {len(chosen)} item(s) on {engine}/{precision} → {run.path / 'compare'}")
+    scorer = _scorer(request, engine, precision, spec)
+    twin = evaluate.EvalSettings(
+        model=settings.model, engine=engine, precision=precision,
+        conditions=settings.conditions, countries=settings.countries,
+        batch_size=settings.batch_size, images=settings.images,
+    )  # fmt: skip
+    with run.compare(identity_of(request.model, scorer), fresh=request.fresh) as folder:
+        return score_into(
+            folder, scorer, chosen, twin, spec=spec, prepare_image=prepare, hashes=hashes,
+            clock=StageClock(), progress=request.progress,
+        )  # fmt: skip
+
+
+def write_run_reports(
+    run_dir: Path,
+    items: Sequence[PromptItem] | None,
+    shares: pd.DataFrame,
+    bank: Any,
+    record: dict[str, Any],
+    clock: StageClock | None = None,
+) -> pd.DataFrame:
+    """Every report of the run folder from its stores and `record` (`settings_record`), then
+    `results.parquet` last."""
+    from cvs_evaluator.countries import income_groups
+    from cvs_evaluator.reports import LatencyRecord, collect_provenance, write_reports
+    from cvs_evaluator.run_folder import write_parquet_atomic
+
+    metric_clock = clock or StageClock()
+    order = [item.item_id for item in items] if items is not None else record.get("item_ids")
+    with metric_clock.timed("metric"):
+        results, compare = final_frames(run_dir, order, shares)
+    timings_file = run_dir / TIMINGS_FILE
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    latency = compare_latency = None
+    if timings.get("run"):
+        stages = dict(timings["run"]["stages"])
+        stages["metric"] = metric_clock.samples["metric"]
+        latency = LatencyRecord(**{**timings["run"], "stages": stages})
+    if timings.get("compare"):
+        compare_latency = LatencyRecord(**timings["compare"])
+    facts = record.get("scorer", {})
+    manifest = facts.get("manifest_path")
+    provenance = collect_provenance(
+        list(record.get("command_line", [])),
+        {"engine": Path(manifest)} if manifest else {},
+        facts.get("checkpoint_fingerprint", ""),
+        _data_files(record),
+        {"parity_sample": PARITY_SEED, "bootstrap": 0, "permutation": 0},
+    )
+    screening_file = run_dir / "screening.csv"
+    screening = pd.read_csv(screening_file) if screening_file.is_file() else None
+    write_reports(
+        run_dir, results, shares, bank, compare=compare, latency=latency,
+        compare_latency=compare_latency, screening=screening, provenance=provenance,
+        precision=str(record.get("precision", "fp32")), income_of=income_groups(),
+        parity_skipped=facts.get("parity_skipped"), notes=_notes(record),
+    )  # fmt: skip
+    write_parquet_atomic(results, run_dir / "results.parquet")
+    return results
+
+
+def rebuild_reports(run_dir: Path) -> Path:
+    """Write every report of `run_dir` again from its stores, scoring nothing (under the run's
+    lock: a run still scoring into it is waited for, not raced)."""
+    from cvs_evaluator.questions import load_question_bank
+    from cvs_evaluator.run_folder import open_existing_run
+
+    settings_file = run_dir / SETTINGS_FILE
+    if not settings_file.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder ({SETTINGS_FILE} missing): make one with "
+            "`cvs-eval --out RUN …`"
+        )
+    with open_existing_run(run_dir):
+        record = json.loads(settings_file.read_text(encoding="utf-8"))
+        bank = load_question_bank()
+        goqa = record.get("goqa_file")
+        shares, _ = human_shares(record["human_source"], Path(goqa) if goqa else None, bank)
+        write_run_reports(run_dir, None, shares, bank, record)
+    return run_dir
+
+
+def _notes(record: dict[str, Any]) -> list[str]:
+    """Sentences the alignment page leads with."""
+    from cvs_families.registry import get_family
+
+    images = [c for c in record.get("conditions", ()) if c != "text"]
+    if images and not get_family(record["model"]).image_informative:
+        return [
+            f"{record['model']}'s vision tower has random weights (no vision weights can be had "
+            f"here): its {'/'.join(images)} results carry no information about the images; they "
+            "exercise the pipeline only."
+        ]
+    return []
+
+
+def asdict_scorer(scorer: RunScorer) -> dict[str, Any]:
+    """What the reports need of a scorer, as plain data."""
+    return {
+        "checkpoint_fingerprint": scorer.checkpoint_fingerprint,
+        "manifest_path": str(scorer.manifest_path) if scorer.manifest_path else None,
+    }
+
+
+def _data_files(asked: dict[str, Any]) -> list[Path]:
+    from cvs_evaluator.wvs import study_files
+
+    files = list(study_files())
+    if asked.get("goqa_file"):
+        files.append(Path(asked["goqa_file"]))
+    return files
+
+
+def _store_rows(run_dir: Path) -> pd.DataFrame:
+    from cvs_evaluator.results import ResultStore
+
+    return ResultStore(run_dir / "store.jsonl").frame()
+
+
+def _image_source(images: str) -> Any:
+    from cvs_evaluator.images import dollar_street_images, flag_images, folder_images
+
+    if images == "flags":
+        return flag_images()
+    path = Path(images)
+    return dollar_street_images(path) if path.suffix.lower() == ".csv" else folder_images(path)
+
+
+def _image_sizes(image_set: Any) -> dict[str, tuple[int, int]]:
+    from cvs_evaluator.images import image_dimensions
+
+    sizes = {}
+    for record in image_set.records:
+        size = image_dimensions(record, image_set.root)
+        if size is not None:
+            sizes[record.id] = size
+    return sizes
+
+
+def _image_preparer(image_set: Any, spec: Any) -> Callable[[str], Any]:
+    from cvs_evaluator.images import load_rgb
+
+    by_id = {record.id: record for record in image_set.records}
+
+    def prepare(image_id: str) -> Any:
+        outcome = load_rgb(by_id[image_id], image_set.root)
+        pixels = getattr(outcome, "pixels", None)
+        if pixels is None:
+            raise ValueError(f"image {image_id} could not be loaded: {outcome}")
+        return spec.prepare_image(pixels)
+
+    return prepare
+
+
+def _no_images(image_id: str) -> Any:
+    raise ValueError(f"item asks for image {image_id!r} but no image source was given")
