@@ -166,7 +166,8 @@ def permutation_tests(
     (`scipy.stats.permutation_test`, permutation_type="samples", two-sided, `n_resamples`
     flips, or all 2^n when fewer, random_state=`seed` for every row). Section "all" pools every
     section. Columns: model, [income_group,] section, condition_a, condition_b, n_pairs, mean_a,
-    mean_b, mean_diff, p_value, n_unpaired (+ n_countries, n_left_out with `income_of`).
+    mean_b, mean_diff, p_value (NaN for a single pair), n_unpaired (+ n_countries, n_left_out
+    with `income_of`).
     """
     paired, _, left_out = _paired(question_sims, section_of, condition_a, condition_b, income_of)
     keys = ["model", "section"] if income_of is None else ["model", INCOME_GROUP, "section"]
@@ -174,16 +175,18 @@ def permutation_tests(
     rows = []
     for key, block in complete.groupby(keys, sort=True):
         diff = (block["similarity_b"] - block["similarity_a"]).to_numpy(dtype=np.float64)
-        test = stats.permutation_test(
-            (diff,),
-            _mean_last_axis,
-            permutation_type="samples",
-            vectorized=True,
-            n_resamples=n_resamples,
-            alternative="two-sided",
-            random_state=seed,
-            batch=1_000,
-        )
+        p_value = float("nan")  # one pair: no test (scipy needs two observations)
+        if diff.size >= 2:
+            p_value = stats.permutation_test(
+                (diff,),
+                _mean_last_axis,
+                permutation_type="samples",
+                vectorized=True,
+                n_resamples=n_resamples,
+                alternative="two-sided",
+                random_state=seed,
+                batch=1_000,
+            ).pvalue
         rows.append(
             {
                 **dict(zip(keys, key, strict=True)),
@@ -193,7 +196,7 @@ def permutation_tests(
                 "mean_a": float(block["similarity_a"].mean()),
                 "mean_b": float(block["similarity_b"].mean()),
                 "mean_diff": float(diff.mean()),
-                "p_value": float(test.pvalue),
+                "p_value": float(p_value),
             }
         )
     result = pd.DataFrame(

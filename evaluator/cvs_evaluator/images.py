@@ -15,12 +15,13 @@ outside the image root, are skipped — each as a `SkippedImage` with its reason
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cvs_families.paths import data_dir
+
+if TYPE_CHECKING:
+    from cvs_families.spec import FamilySpec, PreparedImage
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 """File endings a folder tree is searched for (case-insensitive)."""
@@ -351,3 +355,53 @@ def skip_summary(skipped: Sequence[SkippedImage]) -> dict[str, int]:
     for item in skipped:
         counts[item.reason] = counts.get(item.reason, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# What a run needs of an image source, by name.
+
+
+def image_hashes(image_set: ImageSet) -> dict[str, str]:
+    """Image id → sha256 of the image file's bytes (a changed file is a different image)."""
+    hashes = {}
+    for record in image_set.records:
+        path = record.path if record.path.is_absolute() else image_set.root / record.path
+        if path.is_file():
+            hashes[record.id] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def image_source(images: str) -> ImageSet:
+    """`--images`: "flags", a folder <country>/<category>/<file>, or a Dollar Street CSV."""
+    if images == "flags":
+        return flag_images()
+    path = Path(images)
+    return dollar_street_images(path) if path.suffix.lower() == ".csv" else folder_images(path)
+
+
+def image_sizes(image_set: ImageSet) -> dict[str, tuple[int, int]]:
+    """Image id → (width, height) from the file headers (unreadable ones left out)."""
+    sizes = {}
+    for record in image_set.records:
+        size = image_dimensions(record, image_set.root)
+        if size is not None:
+            sizes[record.id] = size
+    return sizes
+
+
+def image_preparer(image_set: ImageSet, spec: FamilySpec) -> Callable[[str], PreparedImage]:
+    """Image id → the family's prepared image (decoded, RGB, preprocessed)."""
+    by_id = {record.id: record for record in image_set.records}
+
+    def prepare(image_id: str) -> PreparedImage:
+        outcome = load_rgb(by_id[image_id], image_set.root)
+        pixels = getattr(outcome, "pixels", None)
+        if pixels is None:
+            raise ValueError(f"image {image_id} could not be loaded: {outcome}")
+        return spec.prepare_image(pixels)
+
+    return prepare
+
+
+def no_images(image_id: str) -> PreparedImage:
+    """The preparer of a run without images: asking it is an error."""
+    raise ValueError(f"item asks for image {image_id!r} but no image source was given")

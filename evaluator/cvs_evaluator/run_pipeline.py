@@ -10,7 +10,6 @@ go to the latency report.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import resource
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cvs_evaluator import evaluate
+from cvs_evaluator.images import image_hashes, image_preparer, image_sizes, image_source, no_images
 from cvs_evaluator.prompts import PROMPT_TEMPLATE_VERSION, Condition, PromptItem
 from cvs_evaluator.results_table import results_frame
 from cvs_evaluator.scorers import RunScorer
@@ -83,16 +83,6 @@ class StageClock:
             yield
         finally:
             self.samples.setdefault(stage, []).append(time.perf_counter() - start)
-
-
-def image_hashes(image_set: Any) -> dict[str, str]:
-    """Image id → sha256 of the image file's bytes (a changed file is a different image)."""
-    hashes = {}
-    for record in image_set.records:
-        path = record.path if record.path.is_absolute() else image_set.root / record.path
-        if path.is_file():
-            hashes[record.id] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashes
 
 
 def parity_sample(items: Sequence[PromptItem], size: int, seed: int = PARITY_SEED) -> list[str]:
@@ -291,7 +281,7 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
     chosen = evaluate.select_questions(
         bank, per_section=request.per_section, only=request.questions
     )
-    image_set = _image_source(request.images) if image_conditions else None
+    image_set = image_source(request.images) if image_conditions else None
     scorer = _scorer(request, request.engine, request.precision, spec)
     hashes = image_hashes(image_set) if image_set else {}
     with open_run(request.out, identity_of(request.model, scorer), fresh=request.fresh) as run:
@@ -320,14 +310,14 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
         write_json(run.path / SETTINGS_FILE, record)
         if scorer.scheduler is not None and image_set is not None:
             evaluate.check_budgets(
-                items, scorer.tokenizer, spec, _image_sizes(image_set), scorer.scheduler
+                items, scorer.tokenizer, spec, image_sizes(image_set), scorer.scheduler
             )
         echo(
             f"{request.model} on {request.engine}/{request.precision}: {len(items)} items "
             f"({len(chosen)} questions × {len(wanted)} countries × "
             f"{', '.join(request.conditions)}) → {run.path}"
         )
-        prepare = _image_preparer(image_set, spec) if image_set else _no_images
+        prepare = image_preparer(image_set, spec) if image_set else no_images
         timings: dict[str, Any] = {"run": score_into(
             run, scorer, items, settings, spec=spec, prepare_image=prepare, hashes=hashes,
             clock=clock, progress=request.progress,
@@ -395,7 +385,7 @@ def _screen(
     if reference is None:
         reference = _scorer(request, "torch", "fp32", spec).reference
     records = [r for r in image_set.records if r.country in set(countries)]
-    prepare = _image_preparer(image_set, spec)
+    prepare = image_preparer(image_set, spec)
     pairs = [(record, prepare(record.id)) for record in records]
     result = screen_images(
         reference, pairs, candidates_from_records(records), scorer.tokenizer, spec,
@@ -558,42 +548,3 @@ def _store_rows(run_dir: Path) -> pd.DataFrame:
     from cvs_evaluator.results import ResultStore
 
     return ResultStore(run_dir / "store.jsonl").frame()
-
-
-def _image_source(images: str) -> Any:
-    from cvs_evaluator.images import dollar_street_images, flag_images, folder_images
-
-    if images == "flags":
-        return flag_images()
-    path = Path(images)
-    return dollar_street_images(path) if path.suffix.lower() == ".csv" else folder_images(path)
-
-
-def _image_sizes(image_set: Any) -> dict[str, tuple[int, int]]:
-    from cvs_evaluator.images import image_dimensions
-
-    sizes = {}
-    for record in image_set.records:
-        size = image_dimensions(record, image_set.root)
-        if size is not None:
-            sizes[record.id] = size
-    return sizes
-
-
-def _image_preparer(image_set: Any, spec: Any) -> Callable[[str], Any]:
-    from cvs_evaluator.images import load_rgb
-
-    by_id = {record.id: record for record in image_set.records}
-
-    def prepare(image_id: str) -> Any:
-        outcome = load_rgb(by_id[image_id], image_set.root)
-        pixels = getattr(outcome, "pixels", None)
-        if pixels is None:
-            raise ValueError(f"image {image_id} could not be loaded: {outcome}")
-        return spec.prepare_image(pixels)
-
-    return prepare
-
-
-def _no_images(image_id: str) -> Any:
-    raise ValueError(f"item asks for image {image_id!r} but no image source was given")

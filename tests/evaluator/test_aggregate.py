@@ -255,6 +255,15 @@ def test_permutation_test_equals_exact_enumeration_on_few_pairs() -> None:
     assert lookup(result, section=ALL_SECTIONS)["n_pairs"] == 10
 
 
+def test_a_single_pair_has_its_means_and_no_p_value() -> None:
+    table = question_table()
+    one = table[(table["question"] != "Q3") | (table["country"] == "A")]  # S2 (Q3): A's pair only
+    s2 = lookup(permutation_tests(one, SECTION_OF, "text", "image"), section="S2")
+    assert s2["n_pairs"] == 1
+    assert s2["mean_diff"] == pytest.approx(0.08, abs=1e-12)
+    assert np.isnan(s2["p_value"])
+
+
 def test_permutation_test_by_income_group() -> None:
     result = permutation_tests(question_table(), SECTION_OF, "text", "image", income_of=INCOME_OF)
     high_s1 = lookup(result, income_group="High", section="S1")

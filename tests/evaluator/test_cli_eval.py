@@ -57,3 +57,14 @@ def test_report_on_a_folder_that_is_not_a_run_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 1
     assert "is not a run folder" in result.output and "Traceback" not in result.output
+
+
+def test_a_run_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    result = CliRunner().invoke(
+        main, ["--model", "tiny-yi", "--question", "Q57", "--out", str(out)]
+    )
+    assert result.exit_code == 1
+    assert "is a file, not a run folder" in result.output and "Traceback" not in result.output
+    assert out.read_text() == "not a folder"

@@ -143,3 +143,24 @@ def test_a_changed_checkpoint_is_refused_then_rescored_with_fresh(tmp_path: Path
     assert again.exit_code == 0, again.output
     before = read_results(out / "results.parquet")
     assert (before["checkpoint_fingerprint"] != "").all()
+
+
+def test_screening_keeps_the_images_whose_country_is_in_the_top_k(tmp_path: Path) -> None:
+    """`--screen K` ranks every image's candidate countries (the PyTorch reference scores the
+    names), scores only the kept images, and the outcome is in the run folder and the report."""
+    out = tmp_path / "run"
+    args = [
+        "--model", "tiny-yi", "--country", "DEU", "--country", "JPN", "--country", "BRA",
+        "--question", "Q57", "--condition", "image", "--include-uninformative-images",
+        "--screen", "2", "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    screening = pd.read_csv(out / "screening.csv")
+    assert set(screening["country"]) == {"DEU", "JPN", "BRA"}
+    assert screening["kept"].tolist() == (screening["rank"] <= 2).tolist()  # k = 2
+    results = read_results(out / "results.parquet")
+    kept = set(screening.loc[screening["kept"], "image_id"])
+    assert set(results["image"]) == kept  # one question: one item per kept image
+    assert f"kept {len(kept)} of 3 images" in result.output
+    assert "Image screening: kept and dropped images" in (out / "alignment.html").read_text()

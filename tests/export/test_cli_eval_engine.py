@@ -105,3 +105,35 @@ def test_an_engine_without_the_suffix_part_says_how_to_rebuild(
 
     assert not engine_up_to_date("tiny-yi", "fp32", None, tmp_path / "engines")
     assert engine_up_to_date("tiny-yi", "fp32", None, engine_shelf("tiny-yi").folder.parent.parent)
+
+
+def test_an_engine_run_is_compared_with_torch_and_writes_every_report(
+    engine_shelf: Any, tmp_path: Path
+) -> None:
+    args = engine_args(engine_shelf, tmp_path)
+    del args[args.index("--compare-to") : args.index("--compare-to") + 2]  # the default: torch
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    for name in ("results.parquet", "alignment.html", "alignment.csv", "alignment.md",
+                 "parity.html", "parity.json", "latency.json", "provenance.json"):  # fmt: skip
+        assert (tmp_path / name).is_file(), name
+    parity = json.loads((tmp_path / "parity.json").read_text())
+    assert parity["compare"] == "torch/fp32" and parity["summary"]["n_items"] == 2
+    assert parity["verdict"]["passed"] and parity["summary"]["max_abs_dlogprob"] <= 1e-4
+    rebuilt = run("report", str(tmp_path))
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert json.loads((tmp_path / "parity.json").read_text()) == parity
+
+
+def test_without_torch_parity_says_it_was_skipped(
+    engine_shelf: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cvs_evaluator import scorers
+
+    monkeypatch.setattr(scorers, "torch_available", lambda: False)
+    args = engine_args(engine_shelf, tmp_path)
+    del args[args.index("--compare-to") : args.index("--compare-to") + 2]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "parity.json").read_text()) == {"skipped": "torch not installed"}
+    assert not (tmp_path / "compare").exists()
