@@ -175,18 +175,7 @@ def permutation_tests(
     rows = []
     for key, block in complete.groupby(keys, sort=True):
         diff = (block["similarity_b"] - block["similarity_a"]).to_numpy(dtype=np.float64)
-        p_value = float("nan")  # one pair: no test (scipy needs two observations)
-        if diff.size >= 2:
-            p_value = stats.permutation_test(
-                (diff,),
-                _mean_last_axis,
-                permutation_type="samples",
-                vectorized=True,
-                n_resamples=n_resamples,
-                alternative="two-sided",
-                random_state=seed,
-                batch=1_000,
-            ).pvalue
+        p_value = sign_flip_p(diff, seed=seed, n_resamples=n_resamples)
         rows.append(
             {
                 **dict(zip(keys, key, strict=True)),
@@ -205,6 +194,27 @@ def permutation_tests(
     )
     result = _with_unpaired(result, paired, keys)
     return _finish(result, keys, income_of, left_out, counted=complete)
+
+
+def sign_flip_p(
+    diff: NDArray[np.float64], *, seed: int, n_resamples: int = PERMUTATION_RESAMPLES
+) -> float:
+    """Two-sided p-value of the paired sign-flip permutation test of mean(diff) = 0
+    (`scipy.stats.permutation_test`, all 2^n flips when fewer than `n_resamples`, seeded); NaN
+    for fewer than two differences (scipy needs two; one pair cannot be tested)."""
+    if diff.size < 2:
+        return float("nan")
+    test = stats.permutation_test(
+        (diff,),
+        _mean_last_axis,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+        alternative="two-sided",
+        random_state=seed,
+        batch=1_000,
+    )
+    return float(test.pvalue)
 
 
 def bootstrap_section_means(

@@ -10,15 +10,12 @@ the report (scipy needs two observations; with one the test cannot tell anything
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
-from scipy import stats
 
-from cvs_evaluator.aggregate import ALL_SECTIONS, PERMUTATION_RESAMPLES
+from cvs_evaluator.aggregate import ALL_SECTIONS, PERMUTATION_RESAMPLES, sign_flip_p
 
 POOLED = "all"
 """Group label of rows pooling every group."""
@@ -35,29 +32,6 @@ CHANGE_COLUMNS: tuple[str, ...] = (
     "n_countries",
 )
 """Columns of a change row after its group and section."""
-
-
-def sign_flip_p(
-    diff: NDArray[np.float64], *, seed: int, n_resamples: int = PERMUTATION_RESAMPLES
-) -> float:
-    """Two-sided p-value of the paired sign-flip permutation test of mean(diff) = 0; NaN for
-    fewer than two differences."""
-    if diff.size < 2:
-        return math.nan
-    test = stats.permutation_test(
-        (diff,),
-        _mean_last_axis,
-        permutation_type="samples",
-        vectorized=True,
-        n_resamples=n_resamples,
-        alternative="two-sided",
-        random_state=seed,
-    )
-    return float(test.pvalue)
-
-
-def _mean_last_axis(values: NDArray[np.float64], axis: int = -1) -> NDArray[np.float64]:
-    return np.asarray(np.mean(values, axis=axis), dtype=np.float64)
 
 
 def paired_changes(

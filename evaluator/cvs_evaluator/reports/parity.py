@@ -26,9 +26,13 @@ import pandas as pd
 from numpy.typing import NDArray
 from scipy.spatial.distance import jensenshannon
 
-from cvs_evaluator.aggregate import ALL_SECTIONS, PERMUTATION_RESAMPLES, question_similarities
+from cvs_evaluator.aggregate import (
+    ALL_SECTIONS,
+    PERMUTATION_RESAMPLES,
+    question_similarities,
+    sign_flip_p,
+)
 from cvs_evaluator.reports.alignment import ALL_COUNTRIES, CONDITION_ORDER, sort_by
-from cvs_evaluator.reports.paired import sign_flip_p
 from cvs_evaluator.reports.tables import ReportTable
 
 if TYPE_CHECKING:
