@@ -13,11 +13,9 @@ and what to do, and `repair_store` rewrites the store keeping the first row of e
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from cvs_evaluator.durable import durable_path
 
 ROW_SCHEMA = 2
 """Bumped when a row's fields change meaning. 2: rows carry what identifies their run
@@ -196,33 +196,6 @@ def _row_problem(raw: bytes) -> dict[str, Any] | str:
     if not isinstance(row.get("item_id"), str):
         return "no item_id"
     return row
-
-
-@contextlib.contextmanager
-def durable_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write; when the block succeeds it is fsynced and
-    renamed onto `path` and the folder fsynced (a reader, or a rerun after SIGKILL or power
-    loss, sees the old file or the new one, never half of one); removed on an error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    temporary.chmod(0o644)  # mkstemp creates 0600; results are meant to be read by others
-    try:
-        yield temporary
-        _fsync(temporary)
-        temporary.replace(path)
-        _fsync(path.parent)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cvs_evaluator.durable import durable_path
 from cvs_evaluator.results import (
     DAMAGED_SUFFIX,
     ROW_SCHEMA,
     RepairReport,
     ResultStore,
-    durable_path,
     repair_store,
 )
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cvs_evaluator import evaluate
+from cvs_evaluator.durable import write_json
 from cvs_evaluator.images import image_hashes, image_preparer, image_sizes, image_source, no_images
 from cvs_evaluator.prompts import PROMPT_TEMPLATE_VERSION, Condition, PromptItem
 from cvs_evaluator.results_table import results_frame
@@ -184,14 +185,6 @@ def identity_of(model: str, scorer: RunScorer) -> Any:
         template_version=PROMPT_TEMPLATE_VERSION,
         scoring_variant=evaluate.SCORING_VARIANT,
     )
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON durably and atomically (a crash leaves the old file or the new one)."""
-    from cvs_evaluator.results import durable_path
-
-    with durable_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def settings_record(

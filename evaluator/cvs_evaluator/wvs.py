@@ -20,15 +20,12 @@ Rules, in one place:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import hashlib
 import json
-import os
-import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +36,7 @@ from tqdm import tqdm
 
 from cvs_evaluator.codes import non_substantive_codes
 from cvs_evaluator.countries import UnknownCountry, country
+from cvs_evaluator.durable import durable_path
 from cvs_evaluator.errors import DataError
 from cvs_evaluator.questions import QuestionBank, load_question_bank, question_sort_key
 
@@ -380,7 +378,7 @@ def write_shares(shares: pd.DataFrame, path: Path) -> None:
     if missing:
         raise ValueError(f"shares table lacks column(s) {missing}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_path(path) as temporary:
+    with durable_path(path) as temporary:
         if suffix == ".parquet":
             shares.to_parquet(temporary, engine="pyarrow", index=False)
         else:
@@ -414,19 +412,6 @@ def _shares_suffix(path: Path) -> str:
     if suffix not in (".parquet", ".csv"):
         raise DataError("a shares table is a .parquet or .csv file", file=path)
     return suffix
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path`, renamed onto it when the block succeeds, else removed."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 # ---- the study's data: every WVS-7 file under $CVS_DATA, imported once and cached ----------
@@ -470,7 +455,7 @@ def load_study_import(data_dir: Path | None = None, *, progress: bool = False) -
     result = import_wvs(files, bank=load_question_bank(root), progress=progress)
     write_shares(result.shares, table_path)
     notes = {k: v for k, v in asdict(result).items() if k != "shares"}
-    with _atomic_path(notes_path) as temporary:
+    with durable_path(notes_path) as temporary:
         temporary.write_text(json.dumps(notes, indent=1), encoding="utf-8")
     return result
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cvs_evaluator.durable import durable_path
 from cvs_evaluator.results import (
     ResultRow,
     ResultStore,
     StoreError,
-    durable_path,
     model_long,
     repair_store,
 )

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvs_evaluator.bench.machine import cpu_model
-from cvs_evaluator.bench.report import write_json_atomically
 from cvs_evaluator.bench.workload import LanguageModelSize, language_model_size
+from cvs_evaluator.durable import write_json
 
 if TYPE_CHECKING:
     import torch
@@ -479,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gc.collect()  # the model is unreachable once benchmark_model returns
         if settings.device == "cuda":
             torch.cuda.empty_cache()
-        write_json_atomically(results, settings.out)  # rewritten after each model: a failure
+        write_json(settings.out, results)  # rewritten after each model: a failure
         # on a later model (out of memory on yi34b) keeps the rows already measured
     print(summary_table(results))
     print(f"wrote {settings.out}")

@@ -15,44 +15,19 @@ through its Agg canvas: no window, no global backend switch.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cvs_evaluator.bench.machine import int8_dot_product
+from cvs_evaluator.durable import durable_path, write_json
 
 CEILING_KEYS: tuple[str, ...] = ("fp32", "bf16", "int8")
 """The precisions a GEMM ceiling is measured at, in report order."""
 CONDITION_ORDER: tuple[str, ...] = ("text", "image")
 """Conditions in plot order; any other condition follows in the order first seen."""
 MIB = 2**20
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path in `path`'s folder to write; renamed onto `path` when the block ends
-    without an error, removed otherwise (a reader never sees a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    temporary.chmod(0o644)  # mkstemp creates 0600; a report is meant to be read by others
-    try:
-        yield temporary
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_json_atomically(data: Any, path: Path) -> None:
-    """`data` as indented JSON (UTF-8, a final newline) at `path`, atomically."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +258,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     threads = results.get("threads")
     figure.suptitle(f"{results.get('machine', 'unknown machine')} — {threads} threads")
-    with atomic_path(path) as temporary:
+    with durable_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=120)
 
 
@@ -301,8 +276,8 @@ def write_reports(results: dict[str, Any], folder: Path) -> tuple[Path, Path, Pa
         folder / "results.md",
         folder / "results.png",
     )
-    write_json_atomically(results, json_path)
-    with atomic_path(markdown_path) as temporary:
+    write_json(json_path, results)
+    with durable_path(markdown_path) as temporary:
         temporary.write_text(markdown_table(results), encoding="utf-8")
     plot(results, png_path)
     return json_path, markdown_path, png_path

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from cvs_evaluator.durable import write_text
 from cvs_evaluator.questions import QuestionBank
 from cvs_evaluator.reports.alignment import AlignmentReport, alignment_report, scored_mask
 from cvs_evaluator.reports.figures import (
@@ -32,7 +33,7 @@ from cvs_evaluator.reports.latency import LatencyRecord, latency_summary, latenc
 from cvs_evaluator.reports.page import Block, alignment_page, parity_page, skipped_parity_page
 from cvs_evaluator.reports.parity import ParityReport, parity_report, skipped_parity
 from cvs_evaluator.reports.provenance import collect_provenance, footer_lines
-from cvs_evaluator.reports.tables import ReportTable, tables_csv, tables_markdown, write_text
+from cvs_evaluator.reports.tables import ReportTable, tables_csv, tables_markdown
 
 __all__ = [
     "AlignmentReport",
