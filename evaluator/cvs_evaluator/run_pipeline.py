@@ -301,10 +301,9 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
             request, wanted, [q.id for q in chosen], items, scorer, skipped_because
         )
         write_json(run.path / SETTINGS_FILE, record)
-        if scorer.scheduler is not None and image_set is not None:
-            evaluate.check_budgets(
-                items, scorer.tokenizer, spec, image_sizes(image_set), scorer.scheduler
-            )
+        if scorer.scheduler is not None:  # every group against the budgets, before scoring
+            sizes = image_sizes(image_set) if image_set is not None else {}
+            evaluate.check_budgets(items, scorer.tokenizer, spec, sizes, scorer.scheduler)
         echo(
             f"{request.model} on {request.engine}/{request.precision}: {len(items)} items "
             f"({len(chosen)} questions × {len(wanted)} countries × "

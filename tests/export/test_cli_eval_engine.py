@@ -81,6 +81,7 @@ def test_a_prefix_budget_too_small_is_one_line_before_any_scoring(
     assert result.exit_code == 1
     assert "the prefix cache budget 1.0 KiB cannot hold one prefix" in result.output
     assert "Traceback" not in result.output
+    assert "items (" not in result.output  # refused by the preflight, before the run starts
     assert not (tmp_path / "store.jsonl").exists()
 
 
