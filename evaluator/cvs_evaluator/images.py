@@ -360,11 +360,12 @@ def skip_summary(skipped: Sequence[SkippedImage]) -> dict[str, int]:
 # What a run needs of an image source, by name.
 
 
-def image_hashes(image_set: ImageSet) -> dict[str, str]:
-    """Image id → sha256 of the image file's bytes (a changed file is a different image)."""
+def image_hashes(records: Iterable[ImageRecord], root: Path) -> dict[str, str]:
+    """Image id → sha256 of the image file's bytes (a changed file is a different image), for
+    the records a run uses (a source may hold many more)."""
     hashes = {}
-    for record in image_set.records:
-        path = record.path if record.path.is_absolute() else image_set.root / record.path
+    for record in records:
+        path = record.path if record.path.is_absolute() else root / record.path
         if path.is_file():
             hashes[record.id] = hashlib.sha256(path.read_bytes()).hexdigest()
     return hashes
@@ -378,11 +379,11 @@ def image_source(images: str) -> ImageSet:
     return dollar_street_images(path) if path.suffix.lower() == ".csv" else folder_images(path)
 
 
-def image_sizes(image_set: ImageSet) -> dict[str, tuple[int, int]]:
+def image_sizes(records: Iterable[ImageRecord], root: Path) -> dict[str, tuple[int, int]]:
     """Image id → (width, height) from the file headers (unreadable ones left out)."""
     sizes = {}
-    for record in image_set.records:
-        size = image_dimensions(record, image_set.root)
+    for record in records:
+        size = image_dimensions(record, root)
         if size is not None:
             sizes[record.id] = size
     return sizes

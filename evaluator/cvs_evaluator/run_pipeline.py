@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cvs_evaluator import evaluate
-from cvs_evaluator.durable import write_json
+from cvs_evaluator.durable import write_json, write_text
 from cvs_evaluator.images import image_hashes, image_preparer, image_sizes, image_source, no_images
 from cvs_evaluator.prompts import PROMPT_TEMPLATE_VERSION, Condition, PromptItem
 from cvs_evaluator.results_table import results_frame
@@ -276,15 +276,16 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
     )
     image_set = image_source(request.images) if image_conditions else None
     scorer = _scorer(request, request.engine, request.precision, spec)
-    hashes = image_hashes(image_set) if image_set else {}
+    # The images of the wanted countries: the only ones hashed, screened and scored.
+    records = tuple(r for r in image_set.records if r.country in wanted) if image_set else ()
+    hashes = image_hashes(records, image_set.root) if image_set else {}
     with open_run(request.out, identity_of(request.model, scorer), fresh=request.fresh) as run:
-        records = tuple(image_set.records) if image_set else ()
         screening = None
         if request.screen is not None and image_set is not None:
-            screening = _screen(request, spec, scorer, image_set, wanted, echo)
+            screening = _screen(request, spec, scorer, image_set, records, echo)
             kept = set(screening["image_id"][screening["kept"]])
             records = tuple(r for r in records if r.id in kept)
-            screening.to_csv(run.path / "screening.csv", index=False)
+            write_text(run.path / "screening.csv", screening.to_csv(index=False))
         settings = evaluate.EvalSettings(
             model=request.model, engine=request.engine, precision=request.precision,
             conditions=request.conditions, countries=tuple(wanted),
@@ -302,7 +303,7 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
         )
         write_json(run.path / SETTINGS_FILE, record)
         if scorer.scheduler is not None:  # every group against the budgets, before scoring
-            sizes = image_sizes(image_set) if image_set is not None else {}
+            sizes = image_sizes(records, image_set.root) if image_set is not None else {}
             evaluate.check_budgets(items, scorer.tokenizer, spec, sizes, scorer.scheduler)
         echo(
             f"{request.model} on {request.engine}/{request.precision}: {len(items)} items "
@@ -366,17 +367,16 @@ def _screen(
     spec: Any,
     scorer: RunScorer,
     image_set: Any,
-    countries: Sequence[str],
+    records: Sequence[Any],
     echo: Callable[[str], None],
 ) -> pd.DataFrame:
-    """Rank every candidate country for each image of the wanted countries (the PyTorch
-    reference scores the country names as continuations) and keep the top `--screen`."""
+    """Rank every candidate country for each of `records` (the wanted countries' images; the
+    PyTorch reference scores the country names as continuations) and keep the top `--screen`."""
     from cvs_evaluator.screening import candidates_from_records, screen_images
 
     reference = scorer.reference
     if reference is None:
         reference = _scorer(request, "torch", "fp32", spec).reference
-    records = [r for r in image_set.records if r.country in set(countries)]
     prepare = image_preparer(image_set, spec)
     pairs = [(record, prepare(record.id)) for record in records]
     result = screen_images(
