@@ -16,7 +16,6 @@ must not duplicate them).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -161,31 +160,18 @@ def score_engine(
     from cvs_evaluator.questions import load_question_bank
     from cvs_evaluator.results import ResultStore
     from cvs_evaluator.wvs import load_study_shares
-    from cvs_families.checkpoint import (
-        checkpoint_fingerprint,
-        ensure_checkpoint,
-        load_tokenizer,
-        pad_token_id,
-    )
+    from cvs_evaluator.scorers import engine_scorer
     from cvs_families.registry import get_family
     from cvs_runtime.engine_manifest import check_engine
-    from cvs_runtime.engines import EngineScorer, engine_folder, open_engine
+    from cvs_runtime.engines import engine_folder
 
     spec = get_family(model)
-    checkpoint = ensure_checkpoint(spec)
-    tokenizer = load_tokenizer(spec, checkpoint)
     folder = engine_folder(engines_root, "ort", model, precision)
     manifest = check_engine(
         folder, family=model, precision=precision, allow_failed_verdict=allow_failed_engine
     )
-    fingerprint = checkpoint_fingerprint(checkpoint)
-    parts = open_engine(
-        "ort",
-        folder,
-        family=model,
-        precision=precision,
-        checkpoint_fingerprint=fingerprint,
-        allow_failed_verdict=allow_failed_engine,
+    scorer = engine_scorer(
+        spec, None, "ort", engines_root, precision, allow_failed_engine=allow_failed_engine
     )
     bank = load_question_bank()
     shares = load_study_shares()
@@ -199,21 +185,20 @@ def score_engine(
     )
     chosen = evaluate.select_questions(bank, per_section=None)
     asked = set(zip(shares["country"], shares["question"], strict=True))
-    items, _ = evaluate.build_items(settings, chosen, tokenizer, spec, asked=asked)
+    items, _ = evaluate.build_items(settings, chosen, scorer.tokenizer, spec, asked=asked)
     store = ResultStore(evaluate.default_store_path(out_dir, settings))
-    scorer = EngineScorer(parts, spec, pad_token_id=pad_token_id(spec, tokenizer))
     started = time.perf_counter()
     scored = evaluate.run_evaluation(
         settings,
         items,
         store,
         scorer=scorer.stream,
-        tokenizer=tokenizer,
+        tokenizer=scorer.tokenizer,
         spec=spec,
         prepare_image=_no_image,
         progress=progress,
         row_identity=evaluate.row_identity(
-            fingerprint, hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+            scorer.checkpoint_fingerprint, scorer.engine_manifest_sha256
         ),
     )
     seconds = time.perf_counter() - started

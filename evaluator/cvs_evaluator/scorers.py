@@ -91,7 +91,7 @@ def engine_scorer(
     root: Path,
     precision: str,
     *,
-    budgets: Any,
+    budgets: Any = None,
     allow_failed_engine: bool = False,
     share_weight_pages: bool = False,
 ) -> RunScorer:
