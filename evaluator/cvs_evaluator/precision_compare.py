@@ -159,8 +159,8 @@ def score_engine(
     from cvs_evaluator.countries import STUDY_COUNTRIES
     from cvs_evaluator.questions import load_question_bank
     from cvs_evaluator.results import ResultStore
-    from cvs_evaluator.wvs import load_study_shares
     from cvs_evaluator.scorers import engine_scorer
+    from cvs_evaluator.wvs import load_study_shares
     from cvs_families.registry import get_family
     from cvs_runtime.engine_manifest import check_engine
     from cvs_runtime.engines import engine_folder
