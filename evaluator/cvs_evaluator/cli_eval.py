@@ -306,17 +306,16 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's to fix: one line each, exit status 1."""
     from cvs_evaluator.countries import UnknownCountry
     from cvs_evaluator.errors import DataError
-    from cvs_families.checkpoint import CheckpointError
+    from cvs_families.checkpoint_facts import CheckpointError
     from cvs_families.paths import DataDirMissing
     from cvs_families.registry import UnknownFamilyError
-    from cvs_runtime.ort_gpu import GpuProviderError
+    from cvs_runtime.errors import BackendUnavailable, GpuProviderError, TensorRTUnavailable
     from cvs_runtime.scheduler import MissingSuffixPart
-    from cvs_runtime.trt_backend import TensorRTUnavailable
 
     return (
         DataError, DataDirMissing, CheckpointError, UnknownFamilyError, UnknownCountry,
-        GpuProviderError, TensorRTUnavailable, MissingSuffixPart, ValueError, FileNotFoundError,
-        OSError,
+        GpuProviderError, TensorRTUnavailable, BackendUnavailable, MissingSuffixPart, ValueError,
+        FileNotFoundError, OSError,
     )  # fmt: skip
 
 

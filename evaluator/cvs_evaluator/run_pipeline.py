@@ -276,6 +276,10 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
     )
     image_set = image_source(request.images) if image_conditions else None
     scorer = _scorer(request, request.engine, request.precision, spec)
+    if compare_to is not None:  # before any scoring: both sides must score one checkpoint
+        scorers.check_same_checkpoint(
+            scorer, compare_to, spec, request.weights, request.engines_root
+        )
     # The images of the wanted countries: the only ones hashed, screened and scored.
     records = tuple(r for r in image_set.records if r.country in wanted) if image_set else ()
     hashes = image_hashes(records, image_set.root) if image_set else {}

@@ -68,6 +68,10 @@ def check_precision(engine: str, precision: str) -> None:
 
 def torch_scorer(spec: Any, weights: Path | None, batch_size: int) -> RunScorer:
     """The PyTorch reference at fp32."""
+    from cvs_runtime.errors import require
+
+    require("torch", extra="export", purpose="--engine torch (the PyTorch reference)")
+    require("transformers", extra="export", purpose="--engine torch (the PyTorch reference)")
     from cvs_families.checkpoint import checkpoint_fingerprint, ensure_checkpoint, load_model
     from cvs_families.reference import ReferenceScorer
 
@@ -95,39 +99,41 @@ def engine_scorer(
     allow_failed_engine: bool = False,
     share_weight_pages: bool = False,
 ) -> RunScorer:
-    """An engine built by `cvs-export build` under `root`, behind the runtime's scheduler."""
-    from cvs_families.checkpoint import (
-        checkpoint_fingerprint,
-        ensure_checkpoint,
-        load_tokenizer,
-        pad_token_id,
-    )
-    from cvs_runtime.engines import EngineScorer, engine_folder, open_engine
+    """An engine built by `cvs-export build` under `root`, behind the runtime's scheduler.
 
-    checkpoint = ensure_checkpoint(spec, weights)
-    tokenizer = load_tokenizer(spec, checkpoint)
+    Everything comes from the engine folder (graphs, tokenizer, family facts, the checkpoint's
+    fingerprint in the manifest): neither the checkpoint nor torch nor transformers is needed.
+    With `weights` the engine must also have been built from that checkpoint.
+    """
+    from cvs_families.checkpoint_facts import checkpoint_fingerprint
+    from cvs_runtime.engine_manifest import check_engine
+    from cvs_runtime.engines import EngineScorer, engine_folder, open_engine
+    from cvs_runtime.scoring_files import open_scoring_files
+
     folder = engine_folder(root, engine, spec.name, precision)
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
         raise FileNotFoundError(
             f"no {precision} engine for {spec.name} in {folder}: build it with "
-            f"`cvs-export build --model {spec.name} --precision {precision}` (or `make engines`)"
+            f"`cvs-export build --engines {root} --model {spec.name} --precision {precision}` "
+            "(or `make engines`)"
         )
-    fingerprint = checkpoint_fingerprint(checkpoint)
-    parts = open_engine(
-        engine,
-        folder,
-        family=spec.name,
-        precision=precision,
-        checkpoint_fingerprint=fingerprint,
-        allow_failed_verdict=allow_failed_engine,
-        share_weight_pages=share_weight_pages,
-    )
-    manifest_sha = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    fingerprint = None if weights is None else checkpoint_fingerprint(Path(weights))
+    checks: dict[str, Any] = {
+        "family": spec.name,
+        "precision": precision,
+        "checkpoint_fingerprint": fingerprint,
+        "allow_failed_verdict": allow_failed_engine,
+    }
+    manifest_bytes = manifest_path.read_bytes()
+    manifest = check_engine(folder, **checks)  # cheap checks first: stat, never a graph load
+    scoring = open_scoring_files(folder, manifest, spec, engines_root=root)
+    parts = open_engine(engine, folder, share_weight_pages=share_weight_pages, **checks)
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     scorer = EngineScorer(
         parts,
         spec,
-        pad_token_id=pad_token_id(spec, tokenizer),
+        pad_token_id=scoring.facts.pad_token_id,
         budgets=budgets,
         engine_id=manifest_sha,
     )
@@ -135,12 +141,38 @@ def engine_scorer(
         engine=engine,
         precision=precision,
         stream=scorer.stream,
-        tokenizer=tokenizer,
-        checkpoint_fingerprint=fingerprint,
+        tokenizer=scoring.tokenizer,
+        checkpoint_fingerprint=manifest.checkpoint_fingerprint,
         engine_manifest_sha256=manifest_sha,
-        manifest_path=manifest,
+        manifest_path=manifest_path,
         scheduler=scorer.scheduler,
     )
+
+
+def check_same_checkpoint(
+    scorer: RunScorer, target: tuple[str, str], spec: Any, weights: Path | None, root: Path
+) -> None:
+    """ValueError unless the comparison engine `target` scores the checkpoint `scorer` does
+    (an engine carries its checkpoint's fingerprint; the reference computes it)."""
+    engine, precision = target
+    if engine == "torch":
+        from cvs_families.checkpoint import checkpoint_fingerprint, ensure_checkpoint
+
+        fingerprint = checkpoint_fingerprint(ensure_checkpoint(spec, weights))
+    else:
+        from cvs_runtime.engine_manifest import read_manifest
+        from cvs_runtime.engines import engine_folder
+
+        folder = engine_folder(root, engine, spec.name, precision)
+        fingerprint = read_manifest(folder).checkpoint_fingerprint
+    if fingerprint != scorer.checkpoint_fingerprint:
+        raise ValueError(
+            f"--compare-to {engine}/{precision} scores checkpoint {fingerprint[:12]}…, but the "
+            f"{scorer.engine}/{scorer.precision} engine was built from "
+            f"{scorer.checkpoint_fingerprint[:12]}…: rebuild the engine (`cvs-export build "
+            f"--if-missing --engines {root} --model {spec.name} --precision "
+            f"{scorer.precision}`) or pass --compare-to none"
+        )
 
 
 def parse_compare_to(text: str) -> tuple[str, str]:
@@ -157,7 +189,11 @@ def parse_compare_to(text: str) -> tuple[str, str]:
 
 
 def torch_available() -> bool:
-    """Whether the PyTorch reference can be imported here (edge installs have no torch)."""
+    """Whether the PyTorch reference can run here: torch and transformers are installed (an
+    edge install has neither)."""
     import importlib.util
 
-    return importlib.util.find_spec("torch") is not None
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    except ImportError:  # a finder refusing the module: as good as absent
+        return False

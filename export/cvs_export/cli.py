@@ -81,6 +81,7 @@ def build_engine(
     from cvs_export.manifest import build_manifest, write_manifest
     from cvs_export.onnx_export import EXPORTER, OPSET, engine_dtype, export_parts
     from cvs_export.planner import PeakMemory, plan_export
+    from cvs_export.scoring_files import write_scoring_files
     from cvs_export.validate import enforce, validate_engine
     from cvs_families.checkpoint import CheckpointError, ensure_checkpoint, load_model
     from cvs_runtime.ort_backend import OrtParts, OrtSessionConfig
@@ -122,6 +123,7 @@ def build_engine(
         raise BuildError(
             f"{staging}: engine folder is {ratio:.3f}× one weight copy (bound {SIZE_BOUND}×)"
         )
+    write_scoring_files(staging, spec, loaded.tokenizer)  # after the bound: they are no weights
     gib = 2**30
     export_info = {
         "seconds": round(export_seconds, 2),
@@ -237,11 +239,13 @@ def plan(models: tuple[str, ...], precision: str) -> None:
     "--all-precisions", is_flag=True, help=f"Build every precision: {', '.join(PRECISIONS)}."
 )
 @click.option(
+    "--engines",
     "--out",
+    "out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("engines"),
     show_default=True,
-    help="Engines root: each engine goes to <out>/<model>/<precision>/.",
+    help="Engines root: each engine goes to <root>/<model>/<precision>/ (--out: the old name).",
 )
 @click.option("--no-chain", is_flag=True, help="Skip the end-to-end chain check (parts only).")
 @click.option(
@@ -293,7 +297,9 @@ def build(
 def engine_up_to_date(name: str, precision: str, weights: Path | None, out: Path) -> bool:
     """Whether `out/<name>/<precision>` is a valid engine of the checkpoint with every part."""
     from cvs_export.llava_next import part_specs
+    from cvs_export.scoring_files import add_scoring_files
     from cvs_families.checkpoint import CheckpointError, checkpoint_fingerprint, ensure_checkpoint
+    from cvs_families.scoring_files import SCORING_FILES
     from cvs_runtime.engine_manifest import ManifestError, check_engine
 
     folder = out / name / precision
@@ -316,6 +322,9 @@ def engine_up_to_date(name: str, precision: str, weights: Path | None, out: Path
     if missing:
         click.echo(f"{name} {precision}: rebuilding (no {', '.join(missing)} part)")
         return False
+    if not set(SCORING_FILES) <= {record.name for record in manifest.files}:
+        added = add_scoring_files(folder, spec, weights)
+        click.echo(f"{name} {precision}: added {', '.join(added)} in place (no re-export)")
     click.echo(f"{name} {precision}: up to date in {folder}")
     return True
 
@@ -409,15 +418,63 @@ def compare(
     click.echo(table)
 
 
+@main.command(name="add-scoring-files")
+@click.option("--model", required=True, help="Family name.")
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    help="Engine precision (repeatable); default every engine of MODEL under the root.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Local checkpoint folder the engines were built from (real families).",
+)
+@click.option(
+    "--engines",
+    "engines_root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("engines"),
+    show_default=True,
+    help="Engines root (<root>/<model>/<precision>/).",
+)
+def add_scoring_files_command(
+    model: str, precisions: tuple[str, ...], weights: Path | None, engines_root: Path
+) -> None:
+    """Add the tokenizer, chat template and family facts to engines built before engines carried
+    them, and record them in each manifest; nothing is re-exported. Needs the checkpoint the
+    engines were built from (its fingerprint must match)."""
+    from cvs_export.scoring_files import ScoringFilesError, add_scoring_files
+    from cvs_families.checkpoint import CheckpointError
+    from cvs_runtime.engine_manifest import ManifestError
+
+    spec = _family(model)
+    folders = [engines_root / model / p for p in precisions] or sorted(
+        p.parent for p in (engines_root / model).glob("*/manifest.json")
+    )
+    if not folders:
+        raise click.ClickException(f"no engines of {model} under {engines_root}")
+    for folder in folders:
+        try:
+            added = add_scoring_files(folder, spec, weights)
+        except (ManifestError, CheckpointError, ScoringFilesError) as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"{folder}: added {', '.join(added)}; manifest updated")
+
+
 @main.command()
 @click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--model", "models", multiple=True, help="Verify <out>/<model>/<precision>/.")
+@click.option("--model", "models", multiple=True, help="Verify <root>/<model>/<precision>/.")
 @_precision
 @click.option(
+    "--engines",
     "--out",
+    "out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("engines"),
     show_default=True,
+    help="Engines root, for --model (--out: the old name).",
 )
 def verify(folders: tuple[Path, ...], models: tuple[str, ...], precision: str, out: Path) -> None:
     """Re-hash every file of engines against their manifests."""

@@ -31,11 +31,14 @@ import click
     help="Builder precision: fp16/bf16/fp32 from the fp32 ONNX engine, int8 from int8-qdq.",
 )
 @click.option(
+    "--engines",
     "--out",
+    "out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("engines"),
     show_default=True,
-    help="Engines root: reads <out>/<model>/<source>/, writes <out>/<model>/trt-<precision>/.",
+    help="Engines root: reads <root>/<model>/<source>/, writes <root>/<model>/trt-<precision>/ "
+    "(--out: the old name).",
 )
 @click.option(
     "--timing-cache",

@@ -30,7 +30,7 @@ ENGINES = ("trt", "ort-cuda", "ort-trt", "ort")
 """Engine paths the doctor checks."""
 DEFAULT_MODEL = "tiny-yi"
 """Llama text model with grouped key/value heads (7:1): the case most likely to break."""
-TORCH_EXTRA = "pip install 'cvs-eval[torch]'"
+TORCH_EXTRA = "pip install 'cvs-eval[export]'"
 StepStatus = Literal["ok", "FAIL", "unavailable", "skipped"]
 EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 3
@@ -223,7 +223,7 @@ def _export(run: _Run, name: str, out: Path) -> str:
     lines: list[str] = []
     try:
         summary = build_engine(
-            name, weights=None, precision="fp32", out_root=out / "onnx", echo=lines.append
+            name, weights=None, precision="fp32", out_root=out, echo=lines.append
         )
     except (ExportError, ParityError, click.ClickException) as error:
         message = error.format_message() if isinstance(error, click.ClickException) else error
@@ -332,12 +332,12 @@ def _trt_engine(run: _Run, precision: str, out: Path) -> str:
     options = TrtBuildOptions(
         precision=cast(Any, precision),
         profiles={name: [axis_ranges(spec, maxima)] for name, spec in specs.items()},
-        timing_cache=out / "trt" / "timing.cache",
+        timing_cache=out / "trt-timing.cache",
     )
     lines: list[str] = []
     try:
         summary = build_trt_engine(
-            run.state["onnx"], specs, out / "trt", options, run.state["loaded"], echo=lines.append
+            run.state["onnx"], specs, out, options, run.state["loaded"], echo=lines.append
         )
         run.state["runner"] = TrtParts.open(summary.folder)
     except TensorRTUnavailable as error:
@@ -411,10 +411,13 @@ def _timing(run: _Run, repeats: int) -> str:
     help="fp16: TensorRT builder flag (trt, ort-trt only).",
 )
 @click.option(
+    "--engines",
     "--out",
+    "out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Work folder (default $CVS_CACHE/doctor/<engine>).",
+    help="Engines root the doctor builds into: <root>/<model>/fp32/, "
+    "<root>/<model>/trt-<precision>/ (default $CVS_CACHE/doctor/<engine>; --out: the old name).",
 )
 @click.option("--repeats", default=3, show_default=True, help="Timing repeats.")
 @click.option("--debug", is_flag=True, help="Add tracebacks to unexpected failures.")

@@ -233,6 +233,7 @@ def build_precision_engine(
     from cvs_export.manifest import build_manifest, write_manifest
     from cvs_export.onnx_export import EXPORTER, OPSET, export_parts
     from cvs_export.quantize import build_int8_folder
+    from cvs_export.scoring_files import write_scoring_files
     from cvs_runtime.ort_backend import OrtParts, OrtSessionConfig
 
     recipe = RECIPES[precision]
@@ -289,6 +290,7 @@ def build_precision_engine(
     }
     if report is not None:
         (staging / "validation.txt").write_text(report.table() + "\n" + verdict.line() + "\n")
+    write_scoring_files(staging, loaded.spec, loaded.tokenizer)
     manifest = build_manifest(
         staging,
         family=name,

@@ -599,10 +599,12 @@ def record_trt_engine(
     source engine's family, checkpoint and opset, every file hashed, the validation, and the
     TensorRT record (version, GPU model, profiles) the runtime checks at load."""
     from cvs_export.manifest import build_manifest, write_manifest
+    from cvs_export.scoring_files import copy_scoring_files
 
     missing = [p for p in specs if not (Path(folder) / f"{p}.plan").is_file()]
     if missing:
         raise TrtBuildError(f"{folder}: no serialized engine for parts {missing}")
+    copy_scoring_files(source_folder, folder)
     manifest = build_manifest(
         folder,
         family=source.family,

@@ -39,6 +39,15 @@ from typing import Any
 
 import torch
 
+from cvs_families.checkpoint_facts import (
+    ANSWER_PREFIX,
+    FINGERPRINT_FILES,
+    LETTERS,
+    CheckpointError,
+    checkpoint_fingerprint,
+    letter_token_ids,
+    pad_token_id,
+)
 from cvs_families.paths import cache_dir
 from cvs_families.spec import FamilySpec, config_to_dict
 
@@ -46,29 +55,10 @@ BUILD_FORMAT_VERSION = 1
 """Bump when the build code changes what it writes: every cached build is then rebuilt."""
 BUILD_INFO = "cvs_build.json"
 """Written last into a built folder: recipe hash, fingerprint, build time, versions."""
-ANSWER_PREFIX = "If I had to choose, my answer would be ("
-"""The answer position letters are checked in (the prompt ends right before the letter)."""
-LETTERS = "ABCDEFGHIJKLMNOP"
-"""Option letters in order."""
-FINGERPRINT_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-"""Non-weight files the fingerprint covers (when present), besides every `*.safetensors`."""
 METADATA_CONFIG_KEYS = frozenset(
     {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures", "use_cache"}
 )
 """Config keys that describe a file, not a model: ignored when matching a family."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder is missing, unsafe, or not the family's: the message says why."""
 
 
 @dataclass
@@ -85,41 +75,6 @@ class LoadedModel:
     """The checkpoint folder."""
     fingerprint: str
     """`checkpoint_fingerprint(path)`: travels with every result computed from this model."""
-
-
-# Fingerprints ---------------------------------------------------------------------------------
-
-
-def _file_digest(path: Path) -> str:
-    """sha256 of one file, cached under $CVS_CACHE by (path, size, mtime) for large weights."""
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    cached = cache_dir() / "fingerprints" / f"{key}.sha256"
-    if stat.st_size > 64 * 2**20 and cached.is_file():
-        return cached.read_text().strip()
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(2**24), b""):
-            digest.update(block)
-    hexdigest = digest.hexdigest()
-    if stat.st_size > 64 * 2**20:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(hexdigest + "\n")
-    return hexdigest
-
-
-def checkpoint_fingerprint(path: Path) -> str:
-    """sha256 over the config, every safetensors file and the tokenizer files, by name."""
-    files = sorted(p for p in Path(path).glob("*.safetensors"))
-    files += sorted(
-        Path(path) / name for name in FINGERPRINT_FILES if (Path(path) / name).is_file()
-    )
-    if not files:
-        raise CheckpointError(f"{path}: nothing to fingerprint (no config or weights)")
-    total = hashlib.sha256()
-    for file in files:
-        total.update(f"{file.name}\0{_file_digest(file)}\n".encode())
-    return total.hexdigest()
 
 
 # Building -------------------------------------------------------------------------------------
@@ -414,25 +369,6 @@ def _check_loaded_values(model: Any, stored: dict[str, Path], path: Path, every:
                     )
 
 
-def letter_token_ids(tokenizer: Any, n: int, answer_prefix: str = ANSWER_PREFIX) -> list[int]:
-    """Token ids of the first `n` option letters in the answer position (after "(").
-
-    Raises CheckpointError when a letter is not exactly one token there (the prompt could not
-    end right before it).
-    """
-    if n > len(LETTERS):
-        raise CheckpointError(f"only {len(LETTERS)} option letters exist, {n} asked")
-    prefix = tokenizer.encode(answer_prefix, add_special_tokens=False)
-    ids = []
-    for letter in LETTERS[:n]:
-        full = tokenizer.encode(answer_prefix + letter, add_special_tokens=False)
-        if len(full) != len(prefix) + 1 or full[: len(prefix)] != prefix:
-            pieces = tokenizer.convert_ids_to_tokens(full[len(prefix) - 1 :])
-            raise CheckpointError(f"option letter {letter!r} is not one token after '(': {pieces}")
-        ids.append(int(full[-1]))
-    return ids
-
-
 def _check_tokenizer(spec: FamilySpec, tokenizer: Any, path: Path) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise CheckpointError(f"{path}: no fast tokenizer (tokenizer.json) could be loaded")
@@ -507,18 +443,10 @@ def load_tokenizer(spec: FamilySpec, path: Path) -> Any:
     return tokenizer
 
 
-def pad_token_id(spec: FamilySpec, tokenizer: Any) -> int:
-    """A pad id that is a real token and not the image token (its value is masked anyway)."""
-    pad = tokenizer.pad_token_id
-    if pad is None or pad == spec.image_token_id:
-        pad = spec.text_config.get("pad_token_id")
-    if pad is None or pad == spec.image_token_id:
-        pad = 0 if spec.image_token_id != 0 else 1
-    return int(pad)
-
-
 __all__ = [
     "ANSWER_PREFIX",
+    "FINGERPRINT_FILES",
+    "LETTERS",
     "CheckpointError",
     "LoadedModel",
     "check_checkpoint_folder",

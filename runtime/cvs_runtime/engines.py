@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cvs_runtime.errors import require
 from cvs_runtime.requests import MASS_THRESHOLD, ScoredItem, ScoringRequest, judge_option_mass
 from cvs_runtime.scheduler import Scheduler
 
@@ -82,12 +83,14 @@ def open_engine(
 
 
 def _open_ort_cpu(kind: str, folder: Path, share_weight_pages: bool, **checks: Any) -> PartRunner:
+    require("onnxruntime", extra="cpu", purpose="--engine ort")
     from cvs_runtime.ort_backend import OrtParts, OrtSessionConfig
 
     return OrtParts.open(folder, config=OrtSessionConfig(share_weight_pages), **checks)
 
 
 def _open_ort_gpu(kind: str, folder: Path, share_weight_pages: bool, **checks: Any) -> PartRunner:
+    require("onnxruntime", extra="gpu", purpose=f"--engine {kind}")
     from cvs_runtime.ort_backend import OrtSessionConfig
     from cvs_runtime.ort_gpu import OrtGpuParts
 

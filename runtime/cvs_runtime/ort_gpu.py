@@ -29,6 +29,7 @@ from typing import Literal
 import onnxruntime as ort
 
 from cvs_runtime.engine_manifest import EngineManifest, checked_part_files
+from cvs_runtime.errors import GpuProviderError
 from cvs_runtime.ort_backend import OrtSessionConfig, SessionParts, session_options
 
 OrtEngine = Literal["ort", "ort-cuda", "ort-trt"]
@@ -43,10 +44,6 @@ TRT_EXTRA = "pip install 'cvs-eval[gpu,trt]'"
 """What adds the TensorRT libraries the TensorRT provider loads."""
 
 Shape = tuple[int, ...]
-
-
-class GpuProviderError(RuntimeError):
-    """A GPU execution provider was asked for and the session would not run on it."""
 
 
 @dataclass(frozen=True)

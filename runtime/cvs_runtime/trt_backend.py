@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cvs_runtime.engine_manifest import EngineManifest, EngineMismatch, check_engine
+from cvs_runtime.errors import TensorRTUnavailable
 from cvs_runtime.parts import PartError, check_feeds, check_part, select_outputs
 
 TRT_EXTRA = "pip install 'cvs-eval[trt]'"
@@ -47,10 +48,6 @@ address for every output and accepts one for empty inputs."""
 Shape = tuple[int, ...]
 ProfileShapes = Mapping[str, tuple[Shape, Shape, Shape]]
 """One optimization profile: input name → (min, opt, max) shape."""
-
-
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT, cuda-python or a CUDA device is missing; the message says what to install."""
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def test_the_cpu_path_runs_every_step_and_passes(tmp_path: Path) -> None:
     assert re.search(r"engine \d+\.\d+ ms/request", timing)
     assert re.search(r"PyTorch reference \d+\.\d+ ms/request", timing)
     assert lines[-1] == "cvs-doctor: the ort path is verified on this machine"
-    assert (tmp_path / "onnx" / "tiny-yi" / "fp32" / "manifest.json").is_file()
+    assert (tmp_path / "tiny-yi" / "fp32" / "manifest.json").is_file()
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed: the full run is test_trt_path")
@@ -123,7 +123,7 @@ def test_missing_torch_is_named_with_its_extra(
     report, _ = doctor("ort", tmp_path)
     libraries = report.step("libraries")
     assert libraries.status == "unavailable"
-    assert "pip install 'cvs-eval[torch]'" in libraries.detail
+    assert "pip install 'cvs-eval[export]'" in libraries.detail
     assert {s.status for s in report.steps[1:]} == {"skipped"}
     assert report.exit_code == EXIT_UNAVAILABLE
 
@@ -145,7 +145,7 @@ def test_an_unknown_engine_is_refused() -> None:
 def test_trt_path(tmp_path: Path, precision: str) -> None:
     report, lines = doctor("trt", tmp_path, precision=precision)
     assert report.exit_code == 0, "\n".join(lines)
-    assert (tmp_path / "trt" / "tiny-yi" / f"trt-{precision}" / "manifest.json").is_file()
+    assert (tmp_path / "tiny-yi" / f"trt-{precision}" / "manifest.json").is_file()
 
 
 @pytest.mark.gpu
