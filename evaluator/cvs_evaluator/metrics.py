@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
-from scipy.spatial.distance import jensenshannon
 
 ITEM_KEYS: tuple[str, ...] = ("model", "condition", "country", "question", "image")
 """Columns that identify one scored item."""
@@ -63,6 +62,8 @@ def similarity_rows(human: NDArray[np.float64], model: NDArray[np.float64]) -> N
 
     No validation: callers pass non-negative, finite rows with positive sums.
     """
+    from scipy.spatial.distance import jensenshannon  # here, not at import: cold start
+
     with np.errstate(invalid="ignore"):
         distance = np.asarray(jensenshannon(human, model, axis=1), dtype=np.float64)  # (rows,)
     # NaN here only comes from sqrt of a divergence rounded below 0: the distributions are equal.

@@ -282,3 +282,23 @@ def test_the_build_refuses_a_folder_tokenizer_that_encodes_differently(
     check_same_tokenizer(yi.spec, yi.tokenizer, yi.tokenizer)  # itself: no complaint
     with pytest.raises(ScoringFilesError, match="encodes a probe prompt differently"):
         check_same_tokenizer(yi.spec, yi.tokenizer, vicuna.tokenizer)
+
+
+def test_build_if_missing_adds_the_scoring_files_to_an_older_engine_in_place(
+    engine_shelf: Any, tmp_path: Path
+) -> None:
+    from cvs_export.cli import engine_up_to_date
+    from cvs_families.scoring_files import SCORING_FILES
+
+    folder = copy_engine(engine_shelf, tmp_path / "engines")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["name"] not in SCORING_FILES]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for name in SCORING_FILES:
+        (folder / name).unlink()
+    weights = (folder / "weights.bin").stat()
+    assert engine_up_to_date("tiny-yi", "fp32", None, tmp_path / "engines")
+    assert all((folder / name).is_file() for name in SCORING_FILES)
+    assert (folder / "weights.bin").stat().st_mtime_ns == weights.st_mtime_ns  # not re-exported
+    recorded = {f["name"] for f in json.loads((folder / "manifest.json").read_text())["files"]}
+    assert recorded >= set(SCORING_FILES)
