@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ from cvs_evaluator.countries import (
 )
 from cvs_evaluator.errors import DataError
 from cvs_evaluator.questions import QuestionBank, load_question_bank
+from cvs_evaluator.wvs import MAX_WEIGHT_RATIO
 
 
 @contextlib.contextmanager
@@ -66,9 +69,23 @@ def main() -> None:
     metavar="QID",
     help="Import only this question (repeatable), e.g. --question Q57.",
 )
+@click.option(
+    "--max-weight-ratio",
+    type=click.FloatRange(min=1),
+    default=MAX_WEIGHT_RATIO,
+    show_default=True,
+    callback=lambda _ctx, _param, value: _not_nan(value),
+    metavar="FLOAT",
+    help="Refuse a W_WEIGHT above this many times its file's median weight (WVS-7's largest is "
+    "28.7×; one weight of 1e308 would make one respondent the whole country). inf: no limit.",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar over files.")
 def import_wvs_command(
-    files: tuple[Path, ...], out: Path, questions: tuple[str, ...], progress: bool
+    files: tuple[Path, ...],
+    out: Path,
+    questions: tuple[str, ...],
+    max_weight_ratio: float,
+    progress: bool,
 ) -> None:
     """Import WVS-7 respondent files into a table of weighted answer shares.
 
@@ -77,6 +94,11 @@ def import_wvs_command(
     B_COUNTRY_ALPHA). W_WEIGHT weights respondents; a file without it is imported unweighted, with
     a warning. Negative codes and non-answers ("Hard to say", "Other answer", …) are missing.
     Summary rows (Avg, Avg_First, Avg_Last) are rejected with a warning.
+
+    A malformed file is refused with one line naming the file, line and column, and nothing is
+    written: a row with more or fewer fields than the header, a last line without a line break
+    (a file cut short), a weight that is empty, NaN, infinite, 0 or negative, or more than
+    --max-weight-ratio times the file's median weight.
 
     The table has one row per country × question asked × substantive option: country (ISO3),
     question (Q57), option (WVS code), share (weighted, sums to 1 per country and question),
@@ -87,17 +109,33 @@ def import_wvs_command(
       cvs-data import-wvs $CVS_DATA/wvs7/microdata/*.csv.gz --out wvs.parquet
       cvs-data import-wvs $CVS_DATA/wvs7/other_releases/IND_v6.0_semicolon.csv.gz --out ind.csv
       cvs-data import-wvs DEU.csv.gz JPN.csv.gz --question Q57 --question Q119 --out trust.csv
+      cvs-data import-wvs odd_weights.csv --max-weight-ratio 500 --out odd.csv
     """
-    from cvs_evaluator.wvs import import_wvs, write_shares
+    from cvs_evaluator.wvs import import_wvs, wanted_questions, write_shares
 
     if out.suffix.lower() not in (".parquet", ".csv"):
         raise click.BadParameter("must end in .parquet or .csv", param_hint="--out")
+    _check_writable(out)
     with _user_errors():
+        bank = load_question_bank()
+        try:
+            wanted = wanted_questions(bank, questions or None)
+        except DataError as exc:
+            raise click.ClickException(f"--question: {exc.message}") from None
         start = time.perf_counter()
         result = import_wvs(
-            list(files), progress=progress, questions=list(questions) if questions else None
+            list(files),
+            bank=bank,
+            progress=progress,
+            questions=wanted,
+            max_weight_ratio=max_weight_ratio,
         )
-        write_shares(result.shares, out)
+        try:
+            write_shares(result.shares, out)
+        except OSError as exc:
+            raise click.ClickException(
+                f"--out {out}: cannot write the table ({exc.strerror or exc})"
+            ) from None
         seconds = time.perf_counter() - start
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -109,6 +147,31 @@ def import_wvs_command(
         f"{shares['question'].nunique()} questions, {len(shares):,} rows → {out} "
         f"in {seconds:.1f} s"
     )
+
+
+def _not_nan(value: float) -> float:
+    """click's FloatRange lets NaN through (every comparison with NaN is false), and a NaN limit
+    would turn the weight check off unseen."""
+    if math.isnan(value):
+        raise click.BadParameter("must be a number ≥ 1, not nan")
+    return value
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an --out that can't be written before the import's work, leaving nothing behind:
+    its nearest existing folder must be a folder we can create a file in."""
+    folder = out.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"{folder} is a file, not a folder", param_hint="--out")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(
+            f"can't write in {folder} ({exc.strerror or exc})", param_hint="--out"
+        ) from None
 
 
 @main.command("show")
@@ -227,10 +290,13 @@ def baselines_command(codes: tuple[str, ...], study: bool, shares_path: Path | N
         from cvs_evaluator.baselines import section_baselines
     except ImportError as exc:
         raise click.ClickException(f"the baselines module is not available ({exc})") from None
+    try:  # before the data is loaded: a typo costs no import
+        requested = [country(code).iso3 for code in codes]
+    except UnknownCountry as exc:
+        raise click.ClickException(f"{exc}; check --country") from None
     with _user_errors():
         shares, source = _load_shares(shares_path)
         bank = load_question_bank()
-        requested = [country(code).iso3 for code in codes]
     if study or not requested:
         requested = [*STUDY_COUNTRIES, *requested]
     requested = list(dict.fromkeys(requested))
@@ -281,6 +347,9 @@ def _load_shares(shares_path: Path | None) -> tuple[pd.DataFrame, str]:
     from cvs_evaluator.wvs import load_study_import, read_shares
 
     if shares_path is not None:
-        return read_shares(shares_path), str(shares_path)
+        try:
+            return read_shares(shares_path), str(shares_path)
+        except DataError as exc:
+            raise click.ClickException(f"--shares: {exc.message}") from None
     result = load_study_import(progress=True)
     return result.shares, "WVS-7 study data ($CVS_DATA)"

@@ -15,6 +15,14 @@ Rules, in one place:
   asked has one row per substantive option, share 0 where nobody chose it.
 - Rows that are not respondents (the `Avg`, `Avg_First`, `Avg_Last` summary rows of the 50-item
   files: text where `B_COUNTRY` holds a number) are dropped with a warning naming them.
+- Every row has exactly the header's number of fields, counted by the csv module (quoted fields
+  may hold the delimiter or a line break); blank lines are no rows. A short row (pandas would pad
+  it with empty cells) or a long one (pandas, reading some columns, would drop the extra fields
+  or shift the row) is refused; so is a file whose last line has no line break (cut short: its
+  last field may be cut too, and nothing else would show it).
+- A weight must be a finite number > 0 and at most `MAX_WEIGHT_RATIO` × the file's median weight
+  (`max_weight_ratio=`, `--max-weight-ratio`): the published weights stay within about 30× the
+  median, and one absurd weight (1e308) would make one respondent the whole country.
 - Anything else unexpected is a `DataError` naming the file, line and column.
 """
 
@@ -36,6 +44,7 @@ from tqdm import tqdm
 
 from cvs_evaluator.codes import non_substantive_codes
 from cvs_evaluator.countries import UnknownCountry, country
+from cvs_evaluator.csv_rows import row_lines
 from cvs_evaluator.durable import durable_path
 from cvs_evaluator.errors import DataError
 from cvs_evaluator.questions import QuestionBank, load_question_bank, question_sort_key
@@ -60,6 +69,8 @@ MISSING_CELL = -5
 """Code an empty answer cell is read as: the WVS's "Missing; not available"."""
 CACHE_FORMAT = 1
 """Bump when the shares computation changes, so cached study imports are rebuilt."""
+MAX_WEIGHT_RATIO = 100.0
+"""Default limit on a weight over the file's median weight (WVS-7's largest is 28.7×, Chile)."""
 
 
 @dataclass
@@ -97,21 +108,25 @@ def import_wvs(
     bank: QuestionBank | None = None,
     progress: bool = False,
     questions: Sequence[str] | None = None,
+    max_weight_ratio: float = MAX_WEIGHT_RATIO,
 ) -> ImportResult:
     """Read WVS respondent files and return weighted shares for the bank's questions.
 
     `bank` defaults to `load_question_bank()` ($CVS_DATA). `questions` restricts the import to
     some question ids; an id the codebook lacks, or that is no value question, is a `DataError`.
-    A country found in two files is a `DataError` (import one release per country).
+    A country found in two files is a `DataError` (import one release per country). A weight
+    above `max_weight_ratio` × its file's median weight is a `DataError` (`math.inf`: no limit).
     """
     if not paths:
         raise DataError("no input files given")
+    if not max_weight_ratio >= 1:  # also refuses NaN, which would turn the check off unseen
+        raise ValueError(f"max_weight_ratio must be a number ≥ 1, not {max_weight_ratio!r}")
     bank = load_question_bank() if bank is None else bank
-    wanted = _wanted_questions(bank, questions)
+    wanted = wanted_questions(bank, questions)
     result = ImportResult(shares=_empty_shares())
     blocks: dict[str, _CountryBlock] = {}
     for path in tqdm([Path(p) for p in paths], desc="WVS files", unit="file", disable=not progress):
-        for code, block in _read_file(path, bank, wanted, result).items():
+        for code, block in _read_file(path, bank, wanted, result, max_weight_ratio).items():
             if code in blocks:
                 raise DataError(
                     f"country {code} is also in {result.sources[code]}: import one release "
@@ -126,7 +141,9 @@ def import_wvs(
     return result
 
 
-def _wanted_questions(bank: QuestionBank, questions: Sequence[str] | None) -> list[str]:
+def wanted_questions(bank: QuestionBank, questions: Sequence[str] | None) -> list[str]:
+    """The question ids to import in questionnaire order: all the bank's for None; an id that is
+    not in the codebook, or no value question, is a `DataError` (callers check before work)."""
     if questions is None:
         return list(bank.questions)
     if not questions:
@@ -140,7 +157,11 @@ def _wanted_questions(bank: QuestionBank, questions: Sequence[str] | None) -> li
 
 
 def _read_file(
-    path: Path, bank: QuestionBank, wanted: list[str], result: ImportResult
+    path: Path,
+    bank: QuestionBank,
+    wanted: list[str],
+    result: ImportResult,
+    max_weight_ratio: float,
 ) -> dict[str, _CountryBlock]:
     """Country → block for one file; warnings go to `result`."""
     gzipped = _is_gzip(path)
@@ -157,8 +178,15 @@ def _read_file(
             line=1,
         )
     extra = [c for c in (COUNTRY_NUMBER, WEIGHT) if c in columns]
-    frame = _read_body(path, gzipped, separator, [COUNTRY_CODE, *extra, *present])
-    lines = frame.index.to_numpy(dtype=np.int64) + 2  # row i of the body is line i + 2
+    starts = row_lines(path, gzipped=gzipped, separator=separator)
+    frame, rows_read = _read_body(path, gzipped, separator, [COUNTRY_CODE, *extra, *present])
+    if rows_read != len(starts):  # same quoting rules: unseen, but the line numbers rely on it
+        raise DataError(
+            f"pandas reads {rows_read} rows where the csv module reads {len(starts)}: "
+            "check the quoting",
+            file=path,
+        )
+    lines = starts[frame.index.to_numpy(dtype=np.int64)]
     keep = _respondent_rows(path, frame, lines, result)
     frame, lines = frame[keep], lines[keep]
     if frame.empty:
@@ -166,7 +194,9 @@ def _read_file(
 
     codes = _country_codes(path, frame[COUNTRY_CODE], lines)
     weighted = WEIGHT in frame.columns
-    weights = _weights(path, frame, lines) if weighted else np.ones(len(frame))
+    weights = (
+        _weights(path, frame, lines, columns, max_weight_ratio) if weighted else np.ones(len(frame))
+    )
     answers = {q: _answer_codes(path, frame[q], lines, q, bank) for q in present}
     if not weighted:
         found = ", ".join(sorted(set(codes.tolist())))
@@ -216,7 +246,11 @@ def _header(path: Path, gzipped: bool) -> tuple[list[str], str]:
     return [name.strip() for name in names], separator
 
 
-def _read_body(path: Path, gzipped: bool, separator: str, usecols: list[str]) -> pd.DataFrame:
+def _read_body(
+    path: Path, gzipped: bool, separator: str, usecols: list[str]
+) -> tuple[pd.DataFrame, int]:
+    """The wanted columns of every row but blank ones (frame index = row number), and the number
+    of rows, blank ones included."""
     try:
         frame = pd.read_csv(
             path,
@@ -237,7 +271,7 @@ def _read_body(path: Path, gzipped: bool, separator: str, usecols: list[str]) ->
     except pd.errors.EmptyDataError:
         raise DataError("empty file", file=path) from None
     blank = frame.isna().all(axis=1).to_numpy()
-    return frame[~blank] if blank.any() else frame
+    return (frame[~blank] if blank.any() else frame), len(frame)
 
 
 def _respondent_rows(
@@ -273,15 +307,47 @@ def _country_codes(path: Path, column: pd.Series, lines: NDArray[np.int64]) -> N
     return np.array([resolved[code] for code in raw], dtype=str)
 
 
-def _weights(path: Path, frame: pd.DataFrame, lines: NDArray[np.int64]) -> NDArray[np.float64]:
+def _weights(
+    path: Path,
+    frame: pd.DataFrame,
+    lines: NDArray[np.int64],
+    columns: list[str],
+    max_ratio: float,
+) -> NDArray[np.float64]:
+    """(respondents,) the `W_WEIGHT`s; one that is not finite, not > 0, or above `max_ratio` ×
+    the file's median is a `DataError` (the shares would silently follow it)."""
+    where = f"column #{columns.index(WEIGHT) + 1} of {len(columns)}"
     values = pd.to_numeric(frame[WEIGHT], errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values) | (values < 0)
+    bad = ~np.isfinite(values) | ~(values > 0)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
+        cell = frame[WEIGHT].iloc[first]
+        if pd.isna(cell):
+            shown = "empty or NaN"
+        else:
+            shown = f"{values[first]:g}" if np.isfinite(values[first]) else repr(str(cell))
         raise DataError(
-            f"weight {frame[WEIGHT].iloc[first]!r} is not a finite number ≥ 0",
+            f"weight {shown} is not a finite number > 0 ({where})",
             file=path,
             line=int(lines[first]),
+            column=WEIGHT,
+        )
+    median = float(np.median(values))
+    above = values > max_ratio * median
+    if above.any():
+        first = int(np.flatnonzero(above)[0])
+        raise DataError(
+            f"weight {values[first]:g} is more than {max_ratio:g}× the file's median weight "
+            f"{median:.4g} ({where}): implausible, it would outweigh {max_ratio:g} typical "
+            "respondents; if it is right, raise the limit (--max-weight-ratio)",
+            file=path,
+            line=int(lines[first]),
+            column=WEIGHT,
+        )
+    if not np.isfinite(values.sum()):
+        raise DataError(
+            f"the weights sum past the largest float ({where}): scale them down",
+            file=path,
             column=WEIGHT,
         )
     return values
