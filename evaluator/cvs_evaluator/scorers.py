@@ -8,11 +8,15 @@ for engines, the scheduler whose stage timings the latency report reads.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvs_evaluator.evaluate import Scorer
+
+if TYPE_CHECKING:
+    from cvs_runtime.verification import VerificationReport
 
 ENGINES = ("torch", "ort", "ort-cuda", "ort-trt", "trt")
 """What `--engine` accepts: the PyTorch reference and the runtime's backends."""
@@ -46,6 +50,10 @@ class RunScorer:
     """Engines: the `cvs_runtime.scheduler.Scheduler` (stage timings, cache statistics)."""
     reference: Any = None
     """torch: the `ReferenceScorer` (screening scores continuations with it)."""
+    verification: VerificationReport | None = None
+    """Engines: what the content check of the engine's files did before scoring (files hashed
+    or taken from the verification record, bytes, seconds; `.line()` for a report); None for
+    torch."""
 
 
 def check_precision(engine: str, precision: str) -> None:
@@ -98,15 +106,20 @@ def engine_scorer(
     budgets: Any = None,
     allow_failed_engine: bool = False,
     share_weight_pages: bool = False,
+    verify: str = "cached",
+    verify_progress: Callable[[int, int], None] | None = None,
 ) -> RunScorer:
     """An engine built by `cvs-export build` under `root`, behind the runtime's scheduler.
 
     Everything comes from the engine folder (graphs, tokenizer, family facts, the checkpoint's
     fingerprint in the manifest): neither the checkpoint nor torch nor transformers is needed.
-    With `weights` the engine must also have been built from that checkpoint.
+    With `weights` the engine must also have been built from that checkpoint. Every file's
+    content is checked against the manifest before anything is opened, as `verify` says
+    (`always`, `cached`, `off`: cvs_runtime.verification); `verify_progress` is called with
+    (bytes hashed, bytes to hash) while hashing, and the report is the scorer's `verification`.
     """
     from cvs_families.checkpoint_facts import checkpoint_fingerprint
-    from cvs_runtime.engine_manifest import check_engine
+    from cvs_runtime.engine_manifest import verified_engine
     from cvs_runtime.engines import EngineScorer, engine_folder, open_engine
     from cvs_runtime.scoring_files import open_scoring_files
 
@@ -126,9 +139,15 @@ def engine_scorer(
         "allow_failed_verdict": allow_failed_engine,
     }
     manifest_bytes = manifest_path.read_bytes()
-    manifest = check_engine(folder, **checks)  # cheap checks first: stat, never a graph load
+    # Manifest, stat and content checks before any graph is loaded: a wrong byte is refused here.
+    manifest, verification = verified_engine(
+        folder, verify=verify, verify_progress=verify_progress, **checks
+    )
     scoring = open_scoring_files(folder, manifest, spec, engines_root=root)
-    parts = open_engine(engine, folder, share_weight_pages=share_weight_pages, **checks)
+    # Content verified just above: the backend repeats the cheap checks only (no second hash).
+    parts = open_engine(
+        engine, folder, share_weight_pages=share_weight_pages, verify="off", **checks
+    )
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     scorer = EngineScorer(
         parts,
@@ -146,6 +165,7 @@ def engine_scorer(
         engine_manifest_sha256=manifest_sha,
         manifest_path=manifest_path,
         scheduler=scorer.scheduler,
+        verification=verification,
     )
 
 

@@ -102,10 +102,11 @@ def add_scoring_files(folder: Path, spec: FamilySpec, weights: Path | None) -> l
     """Write the scoring files into the finished engine in `folder` and record them in its
     manifest (nothing re-exported). The checkpoint must be the one the engine was built from.
     Returns the names written."""
-    from cvs_export.manifest import file_record, write_manifest
+    from cvs_export.manifest import file_record, seal_if_unsealed, write_manifest
     from cvs_families.checkpoint import checkpoint_fingerprint, ensure_checkpoint, load_tokenizer
 
     folder = Path(folder)
+    seal_if_unsealed(folder)  # an older engine: its files are verified before it is rewritten
     manifest = read_manifest(folder)
     if manifest.family != spec.name:
         raise EngineMismatch(

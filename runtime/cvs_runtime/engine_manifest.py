@@ -5,25 +5,45 @@ fingerprint, precision, opset, exporter, library versions, each file's size, mod
 and sha256, and the validation results. The export stage writes it (cvs_export.manifest); the
 runtime reads and checks it here, because the runtime may not import the export package.
 
+The manifest protects itself: `self_sha256` is the sha256 of its canonical content (every other
+field, files' mtimes included, as sorted compact JSON), computed whenever it is written
+(`to_json`) and checked whenever it is read, so a hand-edited manifest is refused naming the
+mismatch. Mtimes are sealed too: `cvs-export verify` rewrites a copied engine's manifest through
+the same writer, which seals it again, and an unsealed mtime could otherwise be edited to pass
+the cheap check when content verification is off. The seal is an integrity check against
+accidents and hand edits, not a signature. A manifest written before the seal existed
+(schema_version 1) is refused with the command that re-seals it (`cvs-export verify FOLDER`,
+which seals only when every file's hash matches).
+
 At load the runtime refuses an engine whose manifest does not match what was asked (family,
 precision, checkpoint) or whose files changed, naming the field that differs, and a
-lower-precision engine whose accuracy verdict failed unless the caller allows it. Hashing a 145 GB
-engine on every load is not acceptable, so the load-time check compares size and modification
-time; full sha256 hashes are computed at build time and by `cvs-export verify`. Stdlib only.
+lower-precision engine whose accuracy verdict failed unless the caller allows it. The cheap
+size and mtime check runs first; then every file's content is checked against its sha256
+(cvs_runtime.verification: `cached` by default, remembering a successful check keyed by each
+file's device, inode, size, mtime and ctime, so a 145 GB engine is hashed once, not per load).
+Stdlib only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cvs_runtime.verification import Progress, VerificationReport
 
 MANIFEST_FILE = "manifest.json"
 """The manifest's file name inside an engine folder."""
-SCHEMA_VERSION = 1
-"""Version of the manifest layout; a reader refuses any other."""
+SCHEMA_VERSION = 2
+"""Version of the manifest layout; a reader refuses any other (2: sealed by `self_sha256`)."""
+UNSEALED_SCHEMA_VERSION = 1
+"""The layout before manifests carried their own hash: refused with the command re-sealing it."""
+SEAL_FIELD = "self_sha256"
+"""The manifest field holding the hash of the manifest's own content."""
 
 
 class ManifestError(ValueError):
@@ -37,6 +57,10 @@ class EngineMismatch(ManifestError):
         super().__init__(message)
         self.field = field_name
         """The manifest field (or `files.<name>.<attribute>`) that differs."""
+
+
+class UnsealedManifest(EngineMismatch):
+    """A manifest written before manifests carried their own hash (schema_version 1)."""
 
 
 @dataclass(frozen=True)
@@ -104,27 +128,79 @@ class EngineManifest:
     export: dict[str, Any] = field(default_factory=dict)
     """Export time, memory peaks and sizes, for the record."""
     schema_version: int = SCHEMA_VERSION
-    """Layout version of this manifest."""
+    """Layout version of this manifest (what was read; `to_json` always writes the current)."""
+    self_sha256: str = field(default="", compare=False)
+    """sha256 of the manifest's canonical content (`content_sha256`) as read from its file; ""
+    for a manifest built in memory. Never trusted on write: `to_json` computes it afresh."""
+
+    def sealed_content(self) -> dict[str, Any]:
+        """The manifest as written: plain JSON data at the current schema version, with
+        `self_sha256` set to the hash of everything else."""
+        data = json.loads(json.dumps(asdict(self)))  # JSON's own types, as a reader sees them
+        data["schema_version"] = SCHEMA_VERSION
+        data.pop(SEAL_FIELD, None)
+        data[SEAL_FIELD] = content_sha256(data)
+        return data
 
     def to_json(self) -> str:
-        """The manifest as indented JSON."""
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        """The manifest as indented JSON, sealed (its `self_sha256` computed now)."""
+        return json.dumps(self.sealed_content(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> EngineManifest:
-        """Parse a manifest; raise ManifestError on any missing, unknown or mistyped field."""
+    def from_json(
+        cls, text: str, *, source: Path | None = None, require_seal: bool = True
+    ) -> EngineManifest:
+        """Parse a manifest; raise ManifestError on any missing, unknown or mistyped field and
+        EngineMismatch (`self_sha256`) when its content does not hash to its seal.
+
+        `source` (the manifest's path) is named in the messages. `require_seal=False` also
+        reads an unsealed (schema_version 1) or edited manifest: only for `cvs-export verify`,
+        which re-seals an old manifest after every file's hash matched, and for tests."""
+        where = str(source) if source is not None else MANIFEST_FILE
         try:
             raw = json.loads(text)
         except ValueError as error:
-            raise ManifestError(f"manifest is not JSON: {error}") from error
+            raise ManifestError(f"{where} is not JSON: {error}") from error
         if not isinstance(raw, dict):
-            raise ManifestError("manifest is not a JSON object")
+            raise ManifestError(f"{where} is not a JSON object")
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
+        readable = (SCHEMA_VERSION,) if require_seal else (SCHEMA_VERSION, UNSEALED_SCHEMA_VERSION)
+        if type(version) is int and version == UNSEALED_SCHEMA_VERSION and require_seal:
+            folder = source.parent if source is not None else "FOLDER"
+            raise UnsealedManifest(
+                "schema_version",
+                f"{where} was written before manifests carried their own hash (schema_version "
+                f"1): run `cvs-export verify {folder}` to re-hash every file and seal it (it "
+                "seals only when every file matches), or rebuild the engine",
+            )
+        if version not in readable or isinstance(version, bool):
             raise EngineMismatch(
                 "schema_version",
-                f"manifest schema_version is {version!r}, this runtime reads {SCHEMA_VERSION}",
+                f"{where}: manifest schema_version is {version!r}, this runtime reads "
+                f"{SCHEMA_VERSION}",
             )
+        read = SCHEMA_VERSION if version == SCHEMA_VERSION else UNSEALED_SCHEMA_VERSION
+        manifest = cls._parse(raw, read)
+        recorded = raw.get(SEAL_FIELD)
+        if require_seal:
+            found = content_sha256({k: v for k, v in raw.items() if k != SEAL_FIELD})
+            if not isinstance(recorded, str):
+                raise EngineMismatch(
+                    SEAL_FIELD,
+                    f"{where} has no {SEAL_FIELD}: it was edited after it was written (its "
+                    f"content hash is {found[:12]}…); rebuild the engine",
+                )
+            if found != recorded:
+                raise EngineMismatch(
+                    SEAL_FIELD,
+                    f"{where} was edited after it was written: its content hash {found[:12]}… "
+                    f"differs from the recorded {SEAL_FIELD} {recorded[:12]}…; rebuild the "
+                    "engine (only cvs-export writes manifests)",
+                )
+        return replace(manifest, self_sha256=recorded if isinstance(recorded, str) else "")
+
+    @classmethod
+    def _parse(cls, raw: Mapping[str, Any], version: int) -> EngineManifest:
         try:
             return cls(
                 family=_typed(raw, "family", str),
@@ -150,6 +226,13 @@ class EngineManifest:
             raise ManifestError(f"manifest is malformed: {error}") from error
 
 
+def content_sha256(data: Mapping[str, Any]) -> str:
+    """sha256 of manifest data as canonical JSON (sorted keys, compact separators, ASCII): the
+    same bytes for the same content whatever the file's indentation or key order."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
 def _typed(raw: Mapping[str, Any], key: str, kind: type) -> Any:
     if key not in raw:
         raise ManifestError(f"manifest has no {key!r}")
@@ -159,12 +242,14 @@ def _typed(raw: Mapping[str, Any], key: str, kind: type) -> Any:
     return value
 
 
-def read_manifest(folder: Path) -> EngineManifest:
-    """The manifest of the engine in `folder` (not yet checked against anything)."""
+def read_manifest(folder: Path, *, require_seal: bool = True) -> EngineManifest:
+    """The manifest of the engine in `folder`, its seal checked (nothing else yet).
+
+    `require_seal=False`: see `EngineManifest.from_json` (cvs-export verify only)."""
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         raise ManifestError(f"{folder}: no {MANIFEST_FILE}: not an engine folder (build it first)")
-    return EngineManifest.from_json(path.read_text())
+    return EngineManifest.from_json(path.read_text(), source=path, require_seal=require_seal)
 
 
 def check_engine(
@@ -174,13 +259,44 @@ def check_engine(
     precision: str | None = None,
     checkpoint_fingerprint: str | None = None,
     allow_failed_verdict: bool = False,
+    verify: str = "cached",
 ) -> EngineManifest:
-    """Load-time check: the manifest matches what is asked and no file changed (size, mtime).
+    """Load-time check: the manifest matches what is asked and no file changed (size and mtime,
+    then content as `verify` says: `always`, `cached` or `off`; cvs_runtime.verification).
 
     Raises EngineMismatch naming the first field that differs. A lower-precision engine whose
     accuracy verdict failed (or that could not be run where it was built) is refused unless
     `allow_failed_verdict`; an engine whose validation failed without a verdict (fp32) always is.
+    `verified_engine` does the same and also returns what the content check did.
     """
+    manifest, _ = verified_engine(
+        folder,
+        family=family,
+        precision=precision,
+        checkpoint_fingerprint=checkpoint_fingerprint,
+        allow_failed_verdict=allow_failed_verdict,
+        verify=verify,
+    )
+    return manifest
+
+
+def verified_engine(
+    folder: Path,
+    *,
+    family: str | None = None,
+    precision: str | None = None,
+    checkpoint_fingerprint: str | None = None,
+    allow_failed_verdict: bool = False,
+    verify: str = "cached",
+    verify_progress: Progress | None = None,
+) -> tuple[EngineManifest, VerificationReport]:
+    """`check_engine`, returning the manifest and the content check's report (files hashed,
+    taken from the verification record, bytes, seconds). The cheap checks (manifest seal,
+    fields, sizes, mtimes) all run before any file is hashed; `verify_progress` is called with
+    (bytes hashed, bytes to hash) while hashing."""
+    from cvs_runtime.verification import check_mode, verify_engine_files
+
+    check_mode(verify)
     folder = Path(folder)
     manifest = read_manifest(folder)
     for name, wanted, found in (
@@ -215,7 +331,8 @@ def check_engine(
             )
     for record in manifest.files:
         check_file_stat(folder, record)
-    return manifest
+    report = verify_engine_files(folder, manifest, verify, progress=verify_progress)
+    return manifest, report
 
 
 def check_file_stat(folder: Path, record: FileRecord) -> None:
@@ -247,13 +364,16 @@ def checked_part_files(
     precision: str | None = None,
     checkpoint_fingerprint: str | None = None,
     allow_failed_verdict: bool = False,
-) -> tuple[EngineManifest, dict[str, Path]]:
-    """`check_engine`, then each part's graph file: what every ONNX backend opens."""
-    manifest = check_engine(
+    verify: str = "cached",
+) -> tuple[EngineManifest, dict[str, Path], VerificationReport]:
+    """`verified_engine`, then each part's graph file: what every ONNX backend opens."""
+    manifest, report = verified_engine(
         folder,
         family=family,
         precision=precision,
         checkpoint_fingerprint=checkpoint_fingerprint,
         allow_failed_verdict=allow_failed_verdict,
+        verify=verify,
     )
-    return manifest, {part: Path(folder) / rec.file for part, rec in manifest.parts.items()}
+    files = {part: Path(folder) / rec.file for part, rec in manifest.parts.items()}
+    return manifest, files, report

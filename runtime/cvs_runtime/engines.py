@@ -57,12 +57,14 @@ def open_engine(
     checkpoint_fingerprint: str | None = None,
     allow_failed_verdict: bool = False,
     share_weight_pages: bool = False,
+    verify: str = "cached",
 ) -> PartRunner:
     """The engine in `folder` on backend `kind`, after its manifest is checked against the
-    family, precision and checkpoint asked for (a mismatch names the differing field); a
-    lower-precision engine whose accuracy verdict failed is refused unless
-    `allow_failed_verdict`. `share_weight_pages` turns onnxruntime's weight prepacking off
-    (`cvs_runtime.ort_backend.OrtSessionConfig`)."""
+    family, precision and checkpoint asked for (a mismatch names the differing field) and its
+    files' content as `verify` says (`always`, `cached`, `off`: cvs_runtime.verification; the
+    report is the returned parts' `verification`); a lower-precision engine whose accuracy
+    verdict failed is refused unless `allow_failed_verdict`. `share_weight_pages` turns
+    onnxruntime's weight prepacking off (`cvs_runtime.ort_backend.OrtSessionConfig`)."""
     if kind not in ENGINE_BACKENDS:
         close = difflib.get_close_matches(kind, ENGINE_BACKENDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -79,6 +81,7 @@ def open_engine(
         checkpoint_fingerprint=checkpoint_fingerprint,
         allow_failed_verdict=allow_failed_verdict,
         share_weight_pages=share_weight_pages,
+        verify=verify,
     )
 
 

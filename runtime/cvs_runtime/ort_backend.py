@@ -2,7 +2,8 @@
 
 One `InferenceSession` per part graph; all graphs of an engine point into one external weight
 file. `OrtParts.open` checks the engine's manifest first (family, precision, checkpoint, file
-sizes and mtimes) and refuses a mismatch, naming the field.
+sizes and mtimes, then every file's content: cvs_runtime.verification) and refuses a mismatch,
+naming the field.
 
 Session options that matter for memory and exactness: onnxruntime maps external weights from
 the file, so two sessions (or two processes) over one engine can share those pages, but a
@@ -40,6 +41,7 @@ from numpy.typing import NDArray
 
 from cvs_runtime.engine_manifest import EngineManifest, checked_part_files
 from cvs_runtime.parts import as_feed, check_feeds, check_part, select_outputs
+from cvs_runtime.verification import VerificationReport
 
 _NUMPY_TYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
@@ -117,6 +119,9 @@ class SessionParts:
     ) -> None:
         self.manifest = manifest
         """The checked manifest, when opened from an engine folder."""
+        self.verification: VerificationReport | None = None
+        """What the content check did before the sessions were created (`open`); None when
+        built from part files directly."""
         self._sessions = dict(sessions)
         self._input_types = {
             part: {i.name: _NUMPY_TYPES[i.type] for i in session.get_inputs()}
@@ -196,16 +201,21 @@ class OrtParts(SessionParts):
         checkpoint_fingerprint: str | None = None,
         allow_failed_verdict: bool = False,
         config: OrtSessionConfig | None = None,
+        verify: str = "cached",
     ) -> OrtParts:
-        """Sessions for the engine in `folder`, after the load-time manifest check."""
-        manifest, files = checked_part_files(
+        """Sessions for the engine in `folder`, after the load-time manifest check and the
+        content check `verify` (`always`, `cached`, `off`; its report in `.verification`)."""
+        manifest, files, report = checked_part_files(
             folder,
             family=family,
             precision=precision,
             checkpoint_fingerprint=checkpoint_fingerprint,
             allow_failed_verdict=allow_failed_verdict,
+            verify=verify,
         )
-        return cls(files, config, manifest)
+        parts = cls(files, config, manifest)
+        parts.verification = report
+        return parts
 
 
 @dataclass(frozen=True)

@@ -245,13 +245,18 @@ class OrtGpuParts(SessionParts):
         config: OrtSessionConfig | None = None,
         cuda: CudaOptions | None = None,
         tensorrt: TensorrtOptions | None = None,
+        verify: str = "cached",
     ) -> OrtGpuParts:
-        """Sessions for the engine in `folder`, after the load-time manifest check."""
-        manifest, files = checked_part_files(
+        """Sessions for the engine in `folder`, after the load-time manifest check and the
+        content check `verify` (`always`, `cached`, `off`; its report in `.verification`)."""
+        manifest, files, report = checked_part_files(
             folder,
             family=family,
             precision=precision,
             checkpoint_fingerprint=checkpoint_fingerprint,
             allow_failed_verdict=allow_failed_verdict,
+            verify=verify,
         )
-        return cls(files, engine, config=config, cuda=cuda, tensorrt=tensorrt, manifest=manifest)
+        parts = cls(files, engine, config=config, cuda=cuda, tensorrt=tensorrt, manifest=manifest)
+        parts.verification = report
+        return parts

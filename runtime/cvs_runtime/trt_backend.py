@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from cvs_runtime.engine_manifest import EngineManifest, EngineMismatch, check_engine
 from cvs_runtime.errors import TensorRTUnavailable
 from cvs_runtime.parts import PartError, check_feeds, check_part, select_outputs
+from cvs_runtime.verification import VerificationReport, verify_engine_files
 
 TRT_EXTRA = "pip install 'cvs-eval[trt]'"
 """What installs TensorRT and cuda-python."""
@@ -142,20 +143,37 @@ def check_trt_engine(
     precision: str | None = None,
     checkpoint_fingerprint: str | None = None,
     allow_failed_verdict: bool = False,
+    verify: str = "cached",
 ) -> tuple[EngineManifest, TensorRTRecord]:
     """The load-time check of a TensorRT engine folder (no TensorRT needed): the manifest's
     own check (family, precision, checkpoint, file sizes and mtimes, validation), then the
-    TensorRT version and GPU model."""
-    manifest = check_engine(
+    TensorRT version and GPU model, then every file's content as `verify` says (all cheap
+    checks first). `TrtParts.open` keeps the content check's report."""
+    manifest, record, _ = _checked_trt_engine(
         folder,
+        tensorrt_version=tensorrt_version,
+        gpu=gpu,
         family=family,
         precision=precision,
         checkpoint_fingerprint=checkpoint_fingerprint,
         allow_failed_verdict=allow_failed_verdict,
+        verify=verify,
     )
+    return manifest, record
+
+
+def _checked_trt_engine(
+    folder: Path,
+    *,
+    tensorrt_version: str,
+    gpu: GpuIdentity,
+    verify: str,
+    **checks: Any,
+) -> tuple[EngineManifest, TensorRTRecord, VerificationReport]:
+    manifest = check_engine(folder, verify="off", **checks)
     record = tensorrt_record(manifest, folder)
     check_tensorrt_record(record, tensorrt_version=tensorrt_version, gpu=gpu, folder=folder)
-    return manifest, record
+    return manifest, record, verify_engine_files(Path(folder), manifest, verify)
 
 
 def choose_profile(
@@ -320,6 +338,8 @@ class TrtParts:
         self.cuda = CudaRuntime(device)
         self.manifest = manifest
         """The checked manifest, when opened from an engine folder."""
+        self.verification: VerificationReport | None = None
+        """What the content check did (`open`); None when built from plan files directly."""
         self._logger = self.trt.Logger(self.trt.Logger.WARNING)
         self._runtime = self.trt.Runtime(self._logger)
         self._stream = self.cuda.stream()
@@ -335,11 +355,13 @@ class TrtParts:
         checkpoint_fingerprint: str | None = None,
         allow_failed_verdict: bool = False,
         device: int = 0,
+        verify: str = "cached",
     ) -> TrtParts:
-        """The engine in `folder`, after the manifest check and the TensorRT/GPU refusal."""
+        """The engine in `folder`, after the manifest check, the TensorRT/GPU refusal and the
+        content check `verify` (`always`, `cached`, `off`; its report in `.verification`)."""
         trt = import_tensorrt()
         gpu = CudaRuntime(device).gpu()
-        manifest, _ = check_trt_engine(
+        manifest, _, report = _checked_trt_engine(
             folder,
             tensorrt_version=str(trt.__version__),
             gpu=gpu,
@@ -347,9 +369,12 @@ class TrtParts:
             precision=precision,
             checkpoint_fingerprint=checkpoint_fingerprint,
             allow_failed_verdict=allow_failed_verdict,
+            verify=verify,
         )
         files = {part: Path(folder) / record.file for part, record in manifest.parts.items()}
-        return cls(files, device=device, manifest=manifest)
+        parts = cls(files, device=device, manifest=manifest)
+        parts.verification = report
+        return parts
 
     def _load(self, part: str, path: Path) -> _Plan:
         engine = self._runtime.deserialize_cuda_engine(path.read_bytes())

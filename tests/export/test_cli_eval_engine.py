@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from cvs_evaluator.cli_eval import main
 from cvs_evaluator.results import ResultStore
+from tests.export.manifest_tools import reseal
 
 
 def run(*args: str) -> Any:
@@ -95,6 +96,7 @@ def test_an_engine_without_the_suffix_part_says_how_to_rebuild(
     manifest["files"] = [f for f in manifest["files"] if f["name"] != "suffix.onnx"]
     (old / "suffix.onnx").unlink()
     (old / "manifest.json").write_text(json.dumps(manifest))
+    reseal(old)
     args = engine_args(engine_shelf, tmp_path / "runs")
     args[args.index("--engines") + 1] = str(tmp_path / "engines")
     result = run(*args)

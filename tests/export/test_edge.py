@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from cvs_evaluator.cli_eval import main
 from cvs_evaluator.results import ResultStore
+from tests.export.manifest_tools import reseal
 
 BLOCKER = textwrap.dedent(
     """
@@ -93,6 +94,7 @@ def rerecord(folder: Path, name: str) -> None:
             record["mtime_ns"] = path.stat().st_mtime_ns
             record["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    reseal(folder)
 
 
 def assert_refused(result: Any, out: Path, *words: str) -> None:
@@ -228,6 +230,7 @@ def test_an_engine_built_before_scoring_files_says_how_to_add_them_in_place(
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"] = [f for f in manifest["files"] if f["name"] not in SCORING_FILES]
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    reseal(folder)
     for name in SCORING_FILES:
         (folder / name).unlink()
     out = tmp_path / "run"
@@ -257,6 +260,7 @@ def test_a_comparison_on_another_checkpoint_is_refused_before_scoring(
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["checkpoint_fingerprint"] = "0" * 64  # built from some other checkpoint
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    reseal(folder)
     out = tmp_path / "run"
     args = engine_args(tmp_path / "engines", out, "--compare-to", "torch/fp32")
     assert_refused(CliRunner().invoke(main, args), out, "--compare-to torch/fp32", "000000000000")
@@ -294,6 +298,7 @@ def test_build_if_missing_adds_the_scoring_files_to_an_older_engine_in_place(
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"] = [f for f in manifest["files"] if f["name"] not in SCORING_FILES]
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    reseal(folder)
     for name in SCORING_FILES:
         (folder / name).unlink()
     weights = (folder / "weights.bin").stat()

@@ -23,6 +23,7 @@ from cvs_runtime.engine_manifest import (
     check_engine,
     read_manifest,
 )
+from tests.export.manifest_tools import reseal
 
 FINGERPRINT = "ab" * 32
 
@@ -138,6 +139,7 @@ def test_a_part_whose_file_is_not_recorded_is_refused(engine: Path) -> None:
     raw = json.loads((engine / MANIFEST_FILE).read_text())
     raw["parts"]["vision"]["file"] = "elsewhere.onnx"
     (engine / MANIFEST_FILE).write_text(json.dumps(raw))
+    reseal(engine)  # a consistent manifest: only the part's file is wrong
     assert refused(engine).field == "parts.vision.file"
 
 
@@ -171,10 +173,14 @@ def test_verify_catches_same_size_content_changes_the_load_check_cannot(engine: 
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # size and mtime as recorded
-    check_engine(engine)  # the cheap check is blind to this …
+    # With content verification off (`--verify-engine off`), the cheap check is blind to this …
+    check_engine(engine, verify="off")
     with pytest.raises(EngineMismatch) as raised:
         verify_engine(engine)  # … the full hash is not
     assert raised.value.field == "files.weights.bin.sha256"
+    with pytest.raises(EngineMismatch) as at_load:
+        check_engine(engine)  # nor is the load check by default (`--verify-engine cached`)
+    assert at_load.value.field == "files.weights.bin.sha256"
 
 
 def test_verify_accepts_a_copied_engine_and_records_its_new_mtimes(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from cvs_export.validate import validate_engine
 from cvs_runtime.engine_manifest import EngineMismatch
 from cvs_runtime.parts import PartError
 from cvs_runtime.trt_backend import CudaRuntime, TrtParts, tensorrt_record
+from tests.export.manifest_tools import reseal
 
 pytestmark = [pytest.mark.trt, pytest.mark.gpu]
 
@@ -82,6 +83,7 @@ def test_an_engine_of_another_tensorrt_version_is_refused(
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["export"]["tensorrt"]["version"] = "9.0.0"
     (copy / "manifest.json").write_text(json.dumps(manifest))
+    reseal(copy)
     with pytest.raises(EngineMismatch) as raised:
         TrtParts.open(copy)
     assert raised.value.field == "tensorrt.version"

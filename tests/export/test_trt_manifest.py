@@ -36,6 +36,7 @@ from cvs_runtime.trt_backend import (
     choose_profile,
     tensorrt_record,
 )
+from tests.export.manifest_tools import reseal
 
 H200 = GpuIdentity(name="NVIDIA H200", compute_capability="9.0")
 VERSION = "10.15.1.29"
@@ -174,6 +175,7 @@ def test_a_malformed_record_is_refused(tmp_path: Path, source: Any) -> None:
     raw = json.loads(path.read_text())
     del raw["export"]["tensorrt"]["gpu"]
     path.write_text(json.dumps(raw))
+    reseal(tmp_path / "e")
     with pytest.raises(EngineMismatch, match="malformed"):
         tensorrt_record(read_manifest(tmp_path / "e"))
 
