@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cvs_evaluator.prompts import CONDITIONS, Condition
 from cvs_evaluator.scorers import ENGINES
+
+if TYPE_CHECKING:
+    from cvs_evaluator.run_pipeline import RunRequest
 
 
 class ByteSize(click.ParamType):
@@ -77,10 +80,15 @@ def main() -> None:
     show_default=True,
     help="Engines root: <root>/<model>/<precision>/ (TensorRT: <root>/<model>/trt-<precision>/).",
 )
-@click.option("--precision", default="fp32", show_default=True, help="Engine precision.")
+@click.option(
+    "--precision",
+    default="fp32",
+    show_default=True,
+    help="Engine precision (torch: fp32 only; engines: those `cvs-export build` makes).",
+)
 @click.option(
     "--weights",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Local Hugging Face checkpoint folder (real families; tiny ones and smol are built).",
 )
 @click.option(
@@ -213,6 +221,15 @@ def main() -> None:
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
+    "--verify-engine",
+    type=click.Choice(["always", "cached", "off"]),
+    default="cached",
+    show_default=True,
+    help="Check the engine's files by sha256 against its manifest before loading: always; "
+    "cached (a file whose device, inode, size, mtime and ctime match an earlier successful "
+    "check is not hashed again); off.",
+)
+@click.option(
     "--allow-failed-engine",
     is_flag=True,
     help="Use a lower-precision engine whose build verdict (accuracy against fp32) failed.",
@@ -246,6 +263,7 @@ def run(
     show_items: bool,
     no_progress: bool,
     allow_failed_engine: bool,
+    verify_engine: str,
 ) -> None:
     """Ask MODEL the WVS value questions and compare its answers with each country's.
 
@@ -290,12 +308,101 @@ def run(
             compare_to=compare_to, parity_sample=parity_sample, screen=screen,
             human_source=human_source, goqa_file=goqa_file, batch_size=batch_size or 8,
             budgets=budgets, share_weight_pages=share_weight_pages,
-            allow_failed_engine=allow_failed_engine, progress=not no_progress,
+            allow_failed_engine=allow_failed_engine, verify_engine=verify_engine,
+            progress=not no_progress,
             show_items=show_items,
         )  # fmt: skip
+        check_request(request)
         execute(request, click.echo)
     except _user_errors() as error:
         raise _one_line(error) from error
+
+
+def check_request(request: RunRequest) -> None:
+    """Refuse, in one line naming the flag, every mistake in a `RunRequest` that can be found
+    without loading a model or an engine: without this, some were found only after the model
+    loaded, and a read-only --out only after the first batch was scored. Side-effect free: the
+    --out probe removes what it created. `execute` keeps its own guards for library callers."""
+    from cvs_evaluator import scorers
+    from cvs_evaluator.countries import UnknownCountry, country
+    from cvs_evaluator.evaluate import select_questions
+    from cvs_evaluator.questions import load_question_bank
+    from cvs_export.cli import check_writable_folder
+    from cvs_families.paths import data_dir
+    from cvs_families.registry import UnknownFamilyError, get_family
+
+    try:
+        spec = get_family(request.model)
+    except UnknownFamilyError as error:
+        raise _naming("--model", error) from None
+    try:
+        scorers.check_precision(request.engine, request.precision)
+    except ValueError as error:
+        raise _naming("--precision", error) from None
+    targets = [(request.engine, request.precision)]
+    if request.compare_to not in (None, "none"):
+        try:
+            targets.append(scorers.parse_compare_to(request.compare_to))
+        except ValueError as error:
+            raise _naming("--compare-to", error) from None
+    images = [c for c in request.conditions if c != "text"]
+    if images and not spec.image_informative and not request.include_uninformative_images:
+        raise click.ClickException(
+            f"--condition {'/'.join(images)}: {request.model}'s vision tower is random (no "
+            "vision weights can be had here), so it carries no information; pass "
+            "--include-uninformative-images to score it anyway"
+        )
+    if request.screen is not None and not images:
+        raise click.ClickException("--screen screens images: it needs an image condition")
+    if request.human_source == "goqa" and request.goqa_file is None:
+        raise click.ClickException(
+            "--human-source goqa needs --goqa-file FILE (GlobalOpinionQA's CSV)"
+        )
+    if request.human_source != "goqa" and request.goqa_file is not None:
+        raise click.ClickException("--goqa-file is read only with --human-source goqa")
+    data_dir()  # DataDirMissing: one line naming CVS_DATA
+    for code in request.countries:
+        try:
+            country(code)
+        except UnknownCountry as error:
+            raise _naming("--country", error) from None
+    if request.questions:
+        try:
+            select_questions(load_question_bank(), per_section=None, only=request.questions)
+        except ValueError as error:
+            raise _naming("--question", error) from None
+    if images and request.images != "flags" and not Path(request.images).exists():
+        raise click.ClickException(
+            f"--images {request.images}: no such folder or CSV file (give 'flags', a folder "
+            "<country>/<category>/<file>, or a Dollar Street CSV)"
+        )
+    for (engine, precision), flag in zip(targets, ("--engines", "--compare-to"), strict=False):
+        _check_engine_built(request, engine, precision, flag)
+    check_writable_folder(request.out, "--out", "run folder")
+
+
+def _check_engine_built(request: RunRequest, engine: str, precision: str, flag: str) -> None:
+    """One line with the build command when `engine` (not torch) has no engine to open."""
+    from cvs_runtime.engines import engine_folder
+
+    if engine == "torch":
+        return
+    root = request.engines_root
+    folder = engine_folder(root, engine, request.model, precision)
+    if (folder / "manifest.json").is_file():
+        return
+    build = "build-trt" if engine == "trt" else "build"
+    asked = f"--engines {root}" if flag == "--engines" else f"--compare-to {engine}/{precision}"
+    raise click.ClickException(
+        f"{asked}: no {precision} engine for {request.model} in {folder}: build it with "
+        f"`cvs-export {build} --engines {root} --model {request.model} --precision {precision}`"
+    )
+
+
+def _naming(flag: str, error: Exception) -> click.ClickException:
+    """`error` as one line that names `flag` (prefixed unless the message already does)."""
+    message = str(error)
+    return click.ClickException(message if flag in message else f"{flag}: {message}")
 
 
 def _given(value: int | None, default: int, off: bool = False) -> int:
@@ -325,7 +432,9 @@ def _one_line(error: Exception) -> click.ClickException:
 
 
 @main.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.argument(
+    "run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
 def report(run_dir: Path) -> None:
     """Write RUN's reports again from its stored results, scoring nothing.
 
@@ -342,7 +451,9 @@ def report(run_dir: Path) -> None:
 
 
 @main.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path, file_okay=False))
+@click.argument(
+    "run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
 def repair(run_dir: Path) -> None:
     """Repair RUN's store: drop duplicated item ids (keeping the first row of each) and move
     damaged lines to store.jsonl.damaged. Needed for stores written by older versions."""

@@ -1,9 +1,10 @@
 """The evaluation: WVS questions × countries (× images) → model option distributions → alignment.
 
 `run_evaluation` builds the prompts, hands them to a scorer image by image (all text prompts
-at once), writes each batch to a resumable `ResultStore` as the scorer finishes it, and
-`alignment_tables` compares the stored distributions with each country's human answers, section
-by section, beside the human baselines.
+at once), writes each batch to a resumable `ResultStore` as the scorer finishes it (the first
+batch only once `output_guard` found it informative; an image that cannot be decoded is skipped
+and logged, never fatal), and `alignment_tables` compares the stored distributions with each
+country's human answers, section by section, beside the human baselines.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from tqdm import tqdm
 
 from cvs_evaluator.aggregate import permutation_tests, question_similarities, section_means
 from cvs_evaluator.baselines import section_baselines
+from cvs_evaluator.images import ImageSkipped
 from cvs_evaluator.metrics import item_similarities
+from cvs_evaluator.output_guard import OutputCheck, check_finite, check_first_batch
 from cvs_evaluator.prompts import (
     Condition,
     PromptItem,
@@ -32,7 +35,7 @@ from cvs_evaluator.questions import Question, QuestionBank
 from cvs_evaluator.results import ResultRow, ResultStore, model_long
 
 if TYPE_CHECKING:
-    from cvs_evaluator.images import ImageRecord
+    from cvs_evaluator.images import ImageRecord, SkippedImage
     from cvs_families.spec import FamilySpec, PreparedImage
     from cvs_runtime.requests import ScoredItem, ScoringRequest
 
@@ -166,6 +169,16 @@ def check_budgets(
         scheduler.check_budgets(key, prefix + extra, image_tokens, max(widest, 1))
 
 
+@dataclass
+class ScoringLog:
+    """What `run_evaluation` saw besides the rows it stored, filled in as it goes."""
+
+    skipped_images: list[SkippedImage] = field(default_factory=list)
+    """Images that could not be decoded: none of their items was scored or stored."""
+    output_check: OutputCheck | None = None
+    """The check of the first batch scored (None: nothing was scored)."""
+
+
 def run_evaluation(
     settings: EvalSettings,
     items: Sequence[PromptItem],
@@ -179,6 +192,8 @@ def run_evaluation(
     row_identity: Callable[[PromptItem], Mapping[str, str]],
     done: set[str] | None = None,
     clock: StageTiming | None = None,
+    log: ScoringLog | None = None,
+    engine_folder: Path | None = None,
 ) -> int:
     """Score the items not yet in `store`; returns how many were scored now.
 
@@ -187,9 +202,21 @@ def run_evaluation(
     written to the store as soon as the scorer yields it (a crash loses at most the batch in
     flight). `row_identity(item)`: what identifies the weights, engine, image and scoring in
     each row (`row_identity`); `done`: item ids to skip (default: the store's); `clock` times
-    prompt building and image preprocessing."""
+    prompt building and image preprocessing.
+
+    The first batch is checked before it is stored (`output_guard.check_first_batch`: uniform
+    over `spec.vocab_size` or NaN/inf raises `DegenerateOutputError`, naming `engine_folder`
+    to verify), later ones for NaN/inf. With a `log`, an image `prepare_image` rejects
+    (`ImageSkipped`) is recorded there and its items left out; without one it is raised."""
     done = store.done_ids() if done is None else done
     clock = clock or _NoClock()
+    who = f"{settings.model} on {settings.engine}/{settings.precision}"
+    remedy = (
+        f"run `cvs-export verify {engine_folder}`"
+        if engine_folder is not None
+        else "check the checkpoint the weights were loaded from"
+    )
+    checked = False
     units: dict[str, list[PromptItem]] = {}
     for item in items:
         if item.item_id not in done:
@@ -199,13 +226,32 @@ def run_evaluation(
     for image_id, unit in units.items():
         prepared = None
         if image_id:
-            with clock.timed("image_preprocess"):
-                prepared = prepare_image(image_id)
+            try:
+                with clock.timed("image_preprocess"):
+                    prepared = prepare_image(image_id)
+            except ImageSkipped as skipped:
+                if log is None:
+                    raise
+                log.skipped_images.append(skipped.skipped)
+                todo -= len(unit)
+                bar.total = todo
+                continue
         requests = []
         for item in unit:
             with clock.timed("prompt"):
                 requests.append(to_request(item, tokenizer, spec, prepared))
         for indices, scored in scorer(requests):
+            logprobs = [result.scores.option_logprobs for result in scored]
+            ids = [unit[i].item_id for i in indices]
+            if not checked and logprobs:  # the first batch with items in it
+                check = check_first_batch(
+                    logprobs, spec.vocab_size, who=who, remedy=remedy, item_ids=ids
+                )
+                checked = True
+                if log is not None:
+                    log.output_check = check
+            else:
+                check_finite(logprobs, who=who, remedy=remedy, item_ids=ids)
             store.append(
                 _row(settings, unit[i], result, row_identity(unit[i]))
                 for i, result in zip(indices, scored, strict=True)

@@ -9,14 +9,22 @@ prompts need the category's cue; screening and the metrics need the country):
 - a Dollar Street style CSV (image path, country, income), category `family`.
 
 `load_rgb` converts palette, greyscale, LA, RGBA, CMYK (…) images to RGB, compositing alpha on
-white. Only undecodable, truncated, zero-size, over-the-pixel-limit and missing files, and paths
-outside the image root, are skipped — each as a `SkippedImage` with its reason.
+white. Only undecodable, truncated, zero-size, unreadable, over-the-pixel-limit and missing files,
+and paths outside the image root, are skipped — each as a `SkippedImage` with its reason.
+
+A run checks every image's header before any work (`check_images`: cheap, no decoding), so a
+decompression bomb is refused before decoding; a file whose damage shows only when decoded (a
+truncated JPEG) is skipped when its turn comes (`image_preparer` raises `ImageSkipped`, which the
+evaluation catches). The pixel limit is PIL's `Image.MAX_IMAGE_PIXELS` unless
+`CVS_MAX_IMAGE_PIXELS` says otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,12 +48,30 @@ FLAG_CATEGORY = "flag"
 FAMILY_CATEGORY = "family"
 
 SkipReason = Literal[
-    "undecodable", "truncated", "zero_size", "too_many_pixels", "outside_root", "missing"
+    "undecodable",
+    "truncated",
+    "zero_size",
+    "too_many_pixels",
+    "outside_root",
+    "missing",
+    "unreadable",
 ]
+MAX_PIXELS_ENV = "CVS_MAX_IMAGE_PIXELS"
+"""Environment variable that sets the decompression-bomb limit (pixels per image)."""
 
 
 class ImageSourceError(ValueError):
     """An image source as a whole is unusable (no such folder, CSV without the needed columns)."""
+
+
+class ImageSkipped(ValueError):
+    """Raised by `image_preparer` for an image that cannot be used; the evaluation catches it,
+    records `skipped` and goes on (the message is one line, should it ever reach a user)."""
+
+    def __init__(self, skipped: SkippedImage) -> None:
+        super().__init__(f"image {skipped.record.id} skipped ({skipped.reason}): {skipped.detail}")
+        self.skipped = skipped
+        """The image and why."""
 
 
 @dataclass(frozen=True)
@@ -243,12 +269,47 @@ def _inside(path: Path, root: Path) -> bool:
 # --------------------------------------------------------------------------- loading
 
 
-def load_rgb(
-    record: ImageRecord, root: Path, *, max_pixels: int | None = None
-) -> LoadedImage | SkippedImage:
-    """Decode one image as (H, W, 3) uint8 RGB, or say why it is skipped. Never raises for a bad
-    file. `max_pixels` defaults to PIL's decompression-bomb limit."""
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+def max_image_pixels() -> int | None:
+    """The run's decompression-bomb limit in pixels: `CVS_MAX_IMAGE_PIXELS` when set (a positive
+    whole number), else PIL's `Image.MAX_IMAGE_PIXELS` (None: no limit)."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return Image.MAX_IMAGE_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ImageSourceError(
+            f"{MAX_PIXELS_ENV}={raw!r} is not a positive whole number of pixels (e.g. "
+            f"{MAX_PIXELS_ENV}=400000000 allows 20000×20000)"
+        )
+    return value
+
+
+def pixel_limit(max_pixels: int | None = None) -> int | None:
+    """The most pixels an image may have: the smaller of `max_pixels` and `max_image_pixels()`
+    (None: no limit)."""
+    limits = [value for value in (max_pixels, max_image_pixels()) if value is not None]
+    return min(limits) if limits else None
+
+
+@contextlib.contextmanager
+def _header_first() -> Iterator[None]:
+    """PIL's own bomb check at `Image.open` off for the block: the caller checks `pixel_limit`
+    on the header right after opening, before decoding, with the image's size in the message
+    (PIL's check refuses only above twice its limit and could not be raised by
+    `CVS_MAX_IMAGE_PIXELS`). Images are opened from one thread, so the switch is not raced."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _unreachable(record: ImageRecord, root: Path) -> SkippedImage | None:
+    """Why the file cannot even be opened (outside the root, missing, empty), else None."""
     path = Path(record.path)
     if not _inside(path, root):
         return SkippedImage(record, "outside_root", f"{path} is outside the image root {root}")
@@ -256,27 +317,71 @@ def load_rgb(
         return SkippedImage(record, "missing", f"{path} does not exist")
     if path.stat().st_size == 0:
         return SkippedImage(record, "zero_size", f"{path} is empty (0 bytes)")
+    return None
+
+
+def _over_limit(
+    record: ImageRecord, width: int, height: int, limit: int | None
+) -> SkippedImage | None:
+    if limit is None or width * height <= limit:
+        return None
+    return SkippedImage(
+        record,
+        "too_many_pixels",
+        f"{record.path}: {width}×{height} = {width * height} pixels, over the limit of {limit} "
+        f"pixels (a decompression-bomb guard, checked before decoding; set {MAX_PIXELS_ENV} "
+        "to change it)",
+    )
+
+
+OPEN_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+"""What PIL raises for a bad file (UnidentifiedImageError and PermissionError are OSErrors)."""
+
+
+def _failure(record: ImageRecord, error: BaseException) -> SkippedImage:
+    """The `SkippedImage` for an error PIL raised opening or decoding `record`'s file."""
+    path = record.path
+    message = " ".join(str(error).split())  # one line, whatever PIL wrote
+    if isinstance(error, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        hint = f"set {MAX_PIXELS_ENV} to change the limit"
+        return SkippedImage(record, "too_many_pixels", f"{path}: {message} ({hint})")
+    if isinstance(error, UnidentifiedImageError):
+        return SkippedImage(record, "undecodable", f"{path}: {message}")
+    if isinstance(error, PermissionError):
+        return SkippedImage(record, "unreadable", f"{path}: permission denied")
+    reason: SkipReason = "truncated" if "truncated" in message.lower() else "undecodable"
+    return SkippedImage(record, reason, f"{path}: {type(error).__name__}: {message}")
+
+
+def load_rgb(
+    record: ImageRecord, root: Path, *, max_pixels: int | None = None
+) -> LoadedImage | SkippedImage:
+    """Decode one image as (H, W, 3) uint8 RGB, or say why it is skipped. Never raises for a bad
+    file (a malformed `CVS_MAX_IMAGE_PIXELS` is `ImageSourceError`). The pixel limit
+    (`pixel_limit(max_pixels)`) is checked on the header, before decoding."""
+    limit = pixel_limit(max_pixels)
+    problem = _unreachable(record, root)
+    if problem is not None:
+        return problem
+    path = Path(record.path)
     try:
-        with warnings.catch_warnings():
+        with _header_first(), warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                width, height = image.size
-                if limit is not None and width * height > limit:
-                    return SkippedImage(
-                        record,
-                        "too_many_pixels",
-                        f"{path}: {width}×{height} = {width * height} pixels > limit {limit}",
-                    )
+                over = _over_limit(record, *image.size, limit)
+                if over is not None:
+                    return over
                 image.load()  # decodes now: a truncated file fails here, not later
                 pixels = _to_rgb(ImageOps.exif_transpose(image))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        return SkippedImage(record, "too_many_pixels", f"{path}: {error}")
-    except UnidentifiedImageError as error:
-        return SkippedImage(record, "undecodable", f"{path}: {error}")
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        message = str(error)
-        reason: SkipReason = "truncated" if "truncated" in message.lower() else "undecodable"
-        return SkippedImage(record, reason, f"{path}: {type(error).__name__}: {message}")
+    except OPEN_ERRORS as error:
+        return _failure(record, error)
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         return SkippedImage(record, "zero_size", f"{path} has no pixels")
     return LoadedImage(record=record, pixels=pixels)
@@ -286,19 +391,61 @@ EXIF_ORIENTATION = 0x0112
 """The EXIF tag whose values 5–8 mean the picture is stored rotated by 90°."""
 
 
-def image_dimensions(record: ImageRecord, root: Path) -> tuple[int, int] | None:
+def inspect_image(
+    record: ImageRecord, root: Path, *, max_pixels: int | None = None
+) -> tuple[int, int] | SkippedImage:
     """(height, width) as `load_rgb` will return the image (EXIF rotation applied), read from
-    the file's header without decoding the pixels; None when the header cannot be read."""
-    path = Path(record.path)
-    if not _inside(path, root) or not path.is_file():
-        return None
+    the file's header without decoding the pixels; or why the image cannot be used (outside the
+    root, missing, empty, unreadable, not an image, over the pixel limit). Damage that shows
+    only when decoding (a truncated file) passes here: `load_rgb` finds it."""
+    limit = pixel_limit(max_pixels)
+    problem = _unreachable(record, root)
+    if problem is not None:
+        return problem
     try:
-        with Image.open(path) as image:
+        with _header_first(), Image.open(record.path) as image:
             width, height = image.size
-            rotated = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
-        return None
+            over = _over_limit(record, width, height, limit)
+            if over is not None:
+                return over
+            # A PNG's getexif decodes the whole image when no eXIf chunk precedes the pixels:
+            # header only here (an eXIf after the pixels is rare; only the budget estimate
+            # would see the image unrotated).
+            header_exif = "exif" in image.info or image.format != "PNG"
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1) if header_exif else 1
+    except OPEN_ERRORS as error:
+        return _failure(record, error)
+    rotated = orientation in (5, 6, 7, 8)
     return (width, height) if rotated else (height, width)
+
+
+def image_dimensions(record: ImageRecord, root: Path) -> tuple[int, int] | None:
+    """`inspect_image`'s (height, width); None when the image cannot be used."""
+    size = inspect_image(record, root)
+    return None if isinstance(size, SkippedImage) else size
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What a run learns of its images from their headers, before any work."""
+
+    sizes: dict[str, tuple[int, int]]
+    """Usable image id → (height, width), for the budget check."""
+    skipped: list[SkippedImage]
+    """Images that cannot be used, with their reasons, in record order."""
+
+
+def check_images(records: Iterable[ImageRecord], root: Path) -> ImageCheck:
+    """`inspect_image` on every record: the usable ones' sizes and the skipped ones."""
+    sizes: dict[str, tuple[int, int]] = {}
+    skipped: list[SkippedImage] = []
+    for record in records:
+        outcome = inspect_image(record, root)
+        if isinstance(outcome, SkippedImage):
+            skipped.append(outcome)
+        else:
+            sizes[record.id] = outcome
+    return ImageCheck(sizes=sizes, skipped=skipped)
 
 
 def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:
@@ -366,8 +513,10 @@ def image_hashes(records: Iterable[ImageRecord], root: Path) -> dict[str, str]:
     hashes = {}
     for record in records:
         path = record.path if record.path.is_absolute() else root / record.path
-        if path.is_file():
+        try:
             hashes[record.id] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            continue  # missing or unreadable: `check_images` skips it with its reason
     return hashes
 
 
@@ -380,7 +529,7 @@ def image_source(images: str) -> ImageSet:
 
 
 def image_sizes(records: Iterable[ImageRecord], root: Path) -> dict[str, tuple[int, int]]:
-    """Image id → (width, height) from the file headers (unreadable ones left out)."""
+    """Image id → (height, width) from the file headers (unusable ones left out)."""
     sizes = {}
     for record in records:
         size = image_dimensions(record, root)
@@ -390,15 +539,15 @@ def image_sizes(records: Iterable[ImageRecord], root: Path) -> dict[str, tuple[i
 
 
 def image_preparer(image_set: ImageSet, spec: FamilySpec) -> Callable[[str], PreparedImage]:
-    """Image id → the family's prepared image (decoded, RGB, preprocessed)."""
+    """Image id → the family's prepared image (decoded, RGB, preprocessed); `ImageSkipped`
+    (with the reason) for an image that cannot be decoded."""
     by_id = {record.id: record for record in image_set.records}
 
     def prepare(image_id: str) -> PreparedImage:
         outcome = load_rgb(by_id[image_id], image_set.root)
-        pixels = getattr(outcome, "pixels", None)
-        if pixels is None:
-            raise ValueError(f"image {image_id} could not be loaded: {outcome}")
-        return spec.prepare_image(pixels)
+        if isinstance(outcome, SkippedImage):
+            raise ImageSkipped(outcome)
+        return spec.prepare_image(outcome.pixels)
 
     return prepare
 

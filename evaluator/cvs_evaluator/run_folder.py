@@ -62,6 +62,7 @@ REPORT_FILES: tuple[str, ...] = (
     "settings.json",
     "timings.json",
     "screening.csv",
+    "skipped_images.json",
 )
 """Reports and records cvs-eval writes into a run folder; `--fresh` deletes these and nothing
 the user put there. A new one must be added here (`RunFolder.output` refuses a name that is

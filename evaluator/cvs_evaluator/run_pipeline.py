@@ -1,11 +1,12 @@
 """One `cvs-eval` run, start to finish: a run folder scored, compared, and reported.
 
-`execute` builds the prompts, opens the run folder (a kernel lock for the whole run; rows reused
-only under the same identity), screens the images when asked, scores what the store lacks,
-scores a sample on the comparison engine into `RUN/compare/`, and writes the reports, with
-`results.parquet` last. `rebuild_reports` writes the reports again from the stores, scoring
-nothing. Stage timings (prompt building, image preprocessing, the engine's stages, the metric)
-go to the latency report.
+`execute` checks every image's header first (an unusable image is skipped with its reason:
+`cvs_evaluator.skipped_images`), builds the prompts, opens the run folder (a kernel lock for the
+whole run; rows reused only under the same identity), screens the images when asked, scores
+what the store lacks, scores a sample on the comparison engine into `RUN/compare/`, and writes
+the reports, with `results.parquet` last. `rebuild_reports` writes the reports again from the
+stores, scoring nothing. Stage timings (prompt building, image preprocessing, the engine's
+stages, the metric) go to the latency report.
 """
 
 from __future__ import annotations
@@ -25,17 +26,32 @@ import pandas as pd
 
 from cvs_evaluator import evaluate
 from cvs_evaluator.durable import write_json, write_text
-from cvs_evaluator.images import image_hashes, image_preparer, image_sizes, image_source, no_images
+from cvs_evaluator.images import (
+    ImageSkipped,
+    SkippedImage,
+    check_images,
+    image_hashes,
+    image_preparer,
+    image_source,
+    no_images,
+)
 from cvs_evaluator.prompts import PROMPT_TEMPLATE_VERSION, Condition, PromptItem
 from cvs_evaluator.results_table import results_frame
 from cvs_evaluator.scorers import RunScorer
+from cvs_evaluator.skipped_images import (
+    SKIPPED_FILE,
+    read_skipped,
+    record_skipped,
+    refuse_if_all_skipped,
+)
 
 PARITY_SEED = 0
 """Seeds the parity sample."""
 SETTINGS_FILE = "settings.json"
 """What the run asked for (conditions, countries, questions, human source): `report` reads it."""
 TIMINGS_FILE = "timings.json"
-"""Per-call stage seconds and cache statistics of the run and its comparison."""
+"""Per-call stage seconds and cache statistics of the run and its comparison, and the check of
+each one's first scored batch (`output_check`)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,7 @@ class RunRequest:
     budgets: Any
     share_weight_pages: bool = False
     allow_failed_engine: bool = False
+    verify_engine: str = "cached"
     progress: bool = True
     show_items: bool = False
     command_line: tuple[str, ...] = field(default_factory=lambda: tuple(sys.argv))
@@ -121,8 +138,11 @@ def score_into(
     hashes: dict[str, str],
     clock: StageClock,
     progress: bool,
+    log: evaluate.ScoringLog | None = None,
 ) -> dict[str, Any]:
-    """Score `items` not yet in the run folder's store; returns the run's timing record."""
+    """Score `items` not yet in the run folder's store; returns the run's timing record, with
+    the check of the first scored batch. Images that cannot be decoded go to `log`."""
+    log = evaluate.ScoringLog() if log is None else log
     started = time.perf_counter()
     stream = scorer.stream if scorer.scheduler is not None else _timed(scorer.stream, clock)
     scored = evaluate.run_evaluation(
@@ -131,7 +151,8 @@ def score_into(
         row_identity=evaluate.row_identity(
             scorer.checkpoint_fingerprint, scorer.engine_manifest_sha256, hashes
         ),
-        done=folder.done_ids(hashes), clock=clock,
+        done=folder.done_ids(hashes), clock=clock, log=log,
+        engine_folder=scorer.manifest_path.parent if scorer.manifest_path else None,
     )  # fmt: skip
     wall = time.perf_counter() - started
     stages = dict(clock.samples)
@@ -152,6 +173,8 @@ def score_into(
         "wall_seconds": wall,
         "caches": caches,
         "peak_rss_bytes": peak_rss_bytes(),
+        "output_check": None if log.output_check is None else log.output_check.to_json(),
+        "verification": None if scorer.verification is None else scorer.verification.to_json(),
     }
 
 
@@ -275,21 +298,33 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
         bank, per_section=request.per_section, only=request.questions
     )
     image_set = image_source(request.images) if image_conditions else None
+    # The images of the wanted countries: the only ones checked, hashed, screened and scored.
+    records = tuple(r for r in image_set.records if r.country in wanted) if image_set else ()
+    skipped: list[SkippedImage] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    if image_set is not None:  # every header, before the model loads
+        checked = check_images(records, image_set.root)
+        skipped = [s for s in image_set.skipped if s.record.country in wanted] + checked.skipped
+        sizes = checked.sizes
+    candidates = {r.id for r in records} | {s.record.id for s in skipped}
+    has_text = "text" in request.conditions
+    records = tuple(r for r in records if r.id in sizes)
+    refuse_if_all_skipped(candidates, skipped, has_text=has_text)
     scorer = _scorer(request, request.engine, request.precision, spec)
     if compare_to is not None:  # before any scoring: both sides must score one checkpoint
         scorers.check_same_checkpoint(
             scorer, compare_to, spec, request.weights, request.engines_root
         )
-    # The images of the wanted countries: the only ones hashed, screened and scored.
-    records = tuple(r for r in image_set.records if r.country in wanted) if image_set else ()
     hashes = image_hashes(records, image_set.root) if image_set else {}
     with open_run(request.out, identity_of(request.model, scorer), fresh=request.fresh) as run:
         screening = None
         if request.screen is not None and image_set is not None:
-            screening = _screen(request, spec, scorer, image_set, records, echo)
+            screening = _screen(request, spec, scorer, image_set, records, echo, skipped)
             kept = set(screening["image_id"][screening["kept"]])
             records = tuple(r for r in records if r.id in kept)
             write_text(run.path / "screening.csv", screening.to_csv(index=False))
+        record_skipped(run.path, skipped if image_set else None)
+        refuse_if_all_skipped(candidates, skipped, has_text=has_text)
         settings = evaluate.EvalSettings(
             model=request.model, engine=request.engine, precision=request.precision,
             conditions=request.conditions, countries=tuple(wanted),
@@ -307,7 +342,6 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
         )
         write_json(run.path / SETTINGS_FILE, record)
         if scorer.scheduler is not None:  # every group against the budgets, before scoring
-            sizes = image_sizes(records, image_set.root) if image_set is not None else {}
             evaluate.check_budgets(items, scorer.tokenizer, spec, sizes, scorer.scheduler)
         echo(
             f"{request.model} on {request.engine}/{request.precision}: {len(items)} items "
@@ -315,16 +349,22 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
             f"{', '.join(request.conditions)}) → {run.path}"
         )
         prepare = image_preparer(image_set, spec) if image_set else no_images
+        log = evaluate.ScoringLog(skipped_images=skipped)  # decoding failures join the list
         timings: dict[str, Any] = {"run": score_into(
             run, scorer, items, settings, spec=spec, prepare_image=prepare, hashes=hashes,
-            clock=clock, progress=request.progress,
+            clock=clock, progress=request.progress, log=log,
         ), "compare": None}  # fmt: skip
         if scorer.scheduler is not None:
             terminal.print_stage_times(scorer.scheduler)
+        record_skipped(run.path, skipped if image_set else None)
+        refuse_if_all_skipped(candidates, skipped, has_text=has_text)
         if compare_to is not None:
             timings["compare"] = _compare(
-                request, run, compare_to, spec, items, settings, prepare, hashes, echo
+                request, run, compare_to, spec, items, settings, prepare, hashes, echo, log
             )
+            record_skipped(run.path, skipped if image_set else None)
+        if skipped:
+            terminal.print_skipped_images(skipped, len(candidates), run.path / SKIPPED_FILE)
         write_json(run.path / TIMINGS_FILE, timings)
         results = write_run_reports(run.path, items, shares, bank, record, clock)
     rows = _store_rows(run.path)
@@ -359,11 +399,40 @@ def _scorer(request: RunRequest, engine: str, precision: str, spec: Any) -> RunS
 
     if engine == "torch":
         return scorers.torch_scorer(spec, request.weights, request.batch_size)
-    return scorers.engine_scorer(
-        spec, request.weights, engine, request.engines_root, precision,
-        budgets=request.budgets, allow_failed_engine=request.allow_failed_engine,
-        share_weight_pages=request.share_weight_pages,
-    )  # fmt: skip
+    with _hashing_bar(request.progress) as progress:
+        scorer = scorers.engine_scorer(
+            spec, request.weights, engine, request.engines_root, precision,
+            budgets=request.budgets, allow_failed_engine=request.allow_failed_engine,
+            share_weight_pages=request.share_weight_pages, verify=request.verify_engine,
+            verify_progress=progress,
+        )  # fmt: skip
+    if scorer.verification is not None and scorer.verification.files_hashed:
+        print(f"engine: {scorer.verification.line()}", file=sys.stderr)
+    return scorer
+
+
+@contextmanager
+def _hashing_bar(shown: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A byte progress bar for hashing the engine's files (shown once hashing starts)."""
+    if not shown:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bars: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="B", unit_scale=True, desc="verifying engine"))
+        bars[0].total = total
+        bars[0].n = done
+        bars[0].refresh()
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _screen(
@@ -373,16 +442,27 @@ def _screen(
     image_set: Any,
     records: Sequence[Any],
     echo: Callable[[str], None],
+    skipped: list[SkippedImage],
 ) -> pd.DataFrame:
     """Rank every candidate country for each of `records` (the wanted countries' images; the
-    PyTorch reference scores the country names as continuations) and keep the top `--screen`."""
+    PyTorch reference scores the country names as continuations) and keep the top `--screen`.
+    An image that cannot be decoded is added to `skipped`, not screened."""
     from cvs_evaluator.screening import candidates_from_records, screen_images
 
     reference = scorer.reference
     if reference is None:
         reference = _scorer(request, "torch", "fp32", spec).reference
     prepare = image_preparer(image_set, spec)
-    pairs = [(record, prepare(record.id)) for record in records]
+    pairs = []
+    for record in records:
+        try:
+            pairs.append((record, prepare(record.id)))
+        except ImageSkipped as error:
+            skipped.append(error.skipped)
+    columns = ["image_id", "country", "category", "rank", "kept", "top"]
+    if not pairs:
+        return pd.DataFrame(columns=columns).astype({"kept": bool})
+    records = [record for record, _ in pairs]
     result = screen_images(
         reference, pairs, candidates_from_records(records), scorer.tokenizer, spec,
         k=int(request.screen or 0),
@@ -400,7 +480,7 @@ def _screen(
             }
             for image in result.images
         ],
-        columns=["image_id", "country", "category", "rank", "kept", "top"],
+        columns=columns,
     )
     echo(
         f"screening (top {result.k} of {len(result.candidates)} countries): kept "
@@ -420,9 +500,10 @@ def _compare(
     prepare: Callable[[str], Any],
     hashes: dict[str, str],
     echo: Callable[[str], None],
+    log: evaluate.ScoringLog,
 ) -> dict[str, Any]:
     """Score the parity sample on the comparison engine into `RUN/compare/` (its own identity
-    and lock, inside the run's)."""
+    and lock, inside the run's); images it cannot decode join `log`'s skipped images."""
     engine, precision = target
     sample = set(parity_sample(items, request.parity_sample))
     chosen = [item for item in items if item.item_id in sample]
@@ -437,6 +518,7 @@ def _compare(
         return score_into(
             folder, scorer, chosen, twin, spec=spec, prepare_image=prepare, hashes=hashes,
             clock=StageClock(), progress=request.progress,
+            log=evaluate.ScoringLog(skipped_images=log.skipped_images),
         )  # fmt: skip
 
 
@@ -481,6 +563,7 @@ def write_run_reports(
     write_reports(
         run_dir, results, shares, bank, compare=compare, latency=latency,
         compare_latency=compare_latency, screening=screening, provenance=provenance,
+        skipped_images=read_skipped(run_dir),
         precision=str(record.get("precision", "fp32")), income_of=income_groups(),
         parity_skipped=facts.get("parity_skipped"), notes=_notes(record),
     )  # fmt: skip

@@ -3,10 +3,34 @@ request, and where the scoring time went. The files in the run folder carry the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 import pandas as pd
+
+SKIPPED_NAMED = 3
+"""Skipped images the terminal line names (the file and the report list them all)."""
+
+
+def print_skipped_images(skipped: Sequence[Any], total: int, listed_in: Path) -> None:
+    """One line: how many of the run's images were skipped, per reason, the first few by name,
+    and where the full list is. `skipped`: `images.SkippedImage`s (an image may appear twice:
+    the run and the comparison engine both tried it)."""
+    first: dict[str, Any] = {}
+    for item in skipped:
+        first.setdefault(item.record.id, item)
+    counts: dict[str, int] = {}
+    for item in first.values():
+        counts[item.reason] = counts.get(item.reason, 0) + 1
+    reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items()))
+    names = ", ".join(f"{i.record.id} ({i.reason})" for i in list(first.values())[:SKIPPED_NAMED])
+    more = f" and {len(first) - SKIPPED_NAMED} more" if len(first) > SKIPPED_NAMED else ""
+    click.echo(
+        f"skipped {len(first)} of {total} image(s) ({reasons}): {names}{more}; reasons in "
+        f"{listed_in} and alignment.html"
+    )
 
 
 def print_stage_times(scheduler: Any) -> None:

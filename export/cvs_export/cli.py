@@ -21,7 +21,9 @@ Torch is imported only by `plan` and `build`.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,7 +64,43 @@ def _family(name: str) -> Any:
     try:
         return get_family(name)
     except UnknownFamilyError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(f"--model: {error}") from None
+
+
+def _known_models(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """`--model` checked while the command line is read, so a typo is named before any work."""
+    for name in value if isinstance(value, tuple) else () if value is None else (value,):
+        _family(name)
+    return value
+
+
+def check_writable_folder(path: Path, flag: str, what: str = "folder") -> None:
+    """Refuse in one line, before anything slow starts, a folder `flag` names that cannot take
+    what the command writes: a file, a path under a file, or a folder this process cannot write
+    (a probe file is written and deleted, so root and read-only mounts are judged by what
+    happens, not by permission bits). Folders created for the probe are removed again: a command
+    refused later for another reason leaves nothing behind."""
+    if path.exists() and not path.is_dir():
+        raise click.ClickException(f"{flag} {path} is a file, not a {what}: choose another {flag}")
+    blocker = next((parent for parent in path.parents if parent.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise click.ClickException(
+            f"{flag} {path}: cannot create the {what}, {blocker} is a file: choose another {flag}"
+        )
+    created = [folder for folder in (path, *path.parents) if not folder.exists()]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".cvs-write-probe-"):
+            pass
+    except OSError as error:
+        raise click.ClickException(
+            f"{flag} {path}: the {what} cannot be created or written "
+            f"({error.strerror or error}): choose another {flag}"
+        ) from None
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def build_engine(
@@ -199,7 +237,9 @@ _precision = click.option(
 
 
 @main.command()
-@click.option("--model", "models", multiple=True, help="Family name (repeatable).")
+@click.option(
+    "--model", "models", multiple=True, callback=_known_models, help="Family name (repeatable)."
+)
 @_precision
 def plan(models: tuple[str, ...], precision: str) -> None:
     """Plan engines on the meta device: parameters, parts, shapes, sizes, export peak memory."""
@@ -220,6 +260,7 @@ def plan(models: tuple[str, ...], precision: str) -> None:
     "--model",
     "models",
     multiple=True,
+    callback=_known_models,
     help=f"Family name (repeatable); default {', '.join(DEFAULT_BUILD_MODELS)}.",
 )
 @click.option(
@@ -265,19 +306,21 @@ def build(
 ) -> None:
     """Export, validate and record engines (fp32 fails with a parity table on any difference;
     lower precisions get a verdict in their manifest)."""
+    names = models or DEFAULT_BUILD_MODELS  # each --model checked by its callback
+    if weights is not None and len(names) != 1:
+        raise click.UsageError("--weights needs exactly one --model")
+    if not if_missing:
+        check_writable_folder(out, "--engines", "engines root")  # before the first slow build
     from cvs_export.onnx_export import ExportError
     from cvs_export.validate import ParityError
 
-    names = models or DEFAULT_BUILD_MODELS
-    if weights is not None and len(names) != 1:
-        raise click.UsageError("--weights needs exactly one --model")
     requested = PRECISIONS if all_precisions else tuple(dict.fromkeys(precisions or ("fp32",)))
-    for name in names:
-        _family(name)  # refuse a typo before the first slow build
     for name in names:
         wanted = requested
         if if_missing:
             wanted = tuple(p for p in requested if not engine_up_to_date(name, p, weights, out))
+            if wanted:  # an up-to-date engine on a read-only root is fine; a build is not
+                check_writable_folder(out, "--engines", "engines root")
         try:
             if "fp32" in wanted:
                 build_engine(
@@ -297,6 +340,7 @@ def build(
 def engine_up_to_date(name: str, precision: str, weights: Path | None, out: Path) -> bool:
     """Whether `out/<name>/<precision>` is a valid engine of the checkpoint with every part."""
     from cvs_export.llava_next import part_specs
+    from cvs_export.manifest import seal_if_unsealed
     from cvs_export.scoring_files import add_scoring_files
     from cvs_families.checkpoint import CheckpointError, checkpoint_fingerprint, ensure_checkpoint
     from cvs_families.scoring_files import SCORING_FILES
@@ -307,6 +351,7 @@ def engine_up_to_date(name: str, precision: str, weights: Path | None, out: Path
         return False
     spec = _family(name)
     try:
+        seal_if_unsealed(folder)
         fingerprint = checkpoint_fingerprint(ensure_checkpoint(spec, weights))
         manifest = check_engine(
             folder,
@@ -368,12 +413,14 @@ def build_lower_precisions(
 
 
 @main.command()
-@click.option("--model", required=True, help="Family name.")
-@click.argument("precisions", nargs=-1, required=True)
+@click.option("--model", required=True, callback=_known_models, help="Family name.")
+@click.argument(
+    "precisions", nargs=-1, required=True, type=click.Choice(PRECISIONS), metavar="PRECISION..."
+)
 @click.option(
     "--engines",
     "engines_root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=Path("engines"),
     show_default=True,
     help="Engines root (<root>/<model>/<precision>/).",
@@ -399,18 +446,16 @@ def compare(
     from cvs_families.paths import cache_dir
     from cvs_runtime.engine_manifest import ManifestError
 
-    _family(model)
-    unknown = [p for p in precisions if p not in PRECISIONS]
-    if unknown:
-        raise click.UsageError(f"unknown precisions {unknown}; precisions: {', '.join(PRECISIONS)}")
     if len(precisions) < 2:
         raise click.UsageError("name a reference precision and at least one to compare with it")
+    out_dir = out or cache_dir() / "compare"
+    check_writable_folder(out_dir, "--out", "folder for the result stores")
     try:
         table = compare_engines(
             model,
             precisions,
             engines_root=engines_root,
-            out_dir=out or cache_dir() / "compare",
+            out_dir=out_dir,
             progress=not no_progress,
         )
     except (ManifestError, ValueError) as error:
@@ -419,10 +464,11 @@ def compare(
 
 
 @main.command(name="add-scoring-files")
-@click.option("--model", required=True, help="Family name.")
+@click.option("--model", required=True, callback=_known_models, help="Family name.")
 @click.option(
     "--precision",
     "precisions",
+    type=click.Choice(PRECISIONS),
     multiple=True,
     help="Engine precision (repeatable); default every engine of MODEL under the root.",
 )
@@ -464,8 +510,14 @@ def add_scoring_files_command(
 
 
 @main.command()
-@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--model", "models", multiple=True, help="Verify <root>/<model>/<precision>/.")
+@click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    callback=_known_models,
+    help="Verify <root>/<model>/<precision>/.",
+)
 @_precision
 @click.option(
     "--engines",
@@ -477,7 +529,8 @@ def add_scoring_files_command(
     help="Engines root, for --model (--out: the old name).",
 )
 def verify(folders: tuple[Path, ...], models: tuple[str, ...], precision: str, out: Path) -> None:
-    """Re-hash every file of engines against their manifests."""
+    """Re-hash every file of engines against their manifests and check each manifest's own
+    hash; seal a manifest written before manifests carried one (only when every file matches)."""
     from cvs_export.manifest import verify_engine
     from cvs_runtime.engine_manifest import ManifestError
 
@@ -494,17 +547,39 @@ def verify(folders: tuple[Path, ...], models: tuple[str, ...], precision: str, o
             if result.mtimes_refreshed
             else ""
         )
+        sealed = (
+            "; manifest sealed (it was written before manifests carried their own hash; "
+            f"all {result.files} file hashes match)"
+            if result.sealed
+            else "; manifest seal ok"
+        )
         click.echo(
-            f"{folder}: ok, {result.files} files, {result.bytes_hashed / 2**20:.1f} MiB hashed"
+            f"{folder}: ok, {result.files} files, {result.bytes_hashed / 2**20:.1f} MiB hashed "
+            f"in {result.seconds:.2f} s ({result.bytes_per_second / 2**20:.0f} MiB/s)"
+            + sealed
             + refreshed
         )
 
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--batch", default=4, show_default=True, help="Prompts per decoder run.")
-@click.option("--tokens", default=64, show_default=True, help="Tokens per prompt.")
-@click.option("--threads", default=1, show_default=True, help="onnxruntime threads per session.")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Prompts per decoder run.",
+)
+@click.option(
+    "--tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Tokens per prompt."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="onnxruntime threads per session.",
+)
 def sessions(folder: Path, batch: int, tokens: int, threads: int) -> None:
     """Two processes over one engine: resident memory (RSS/PSS/USS) and decoder time, with
     weight prepacking on (private copies) and off (shared pages)."""
@@ -554,9 +629,9 @@ def sessions(folder: Path, batch: int, tokens: int, threads: int) -> None:
 
 @main.command(name="session-worker", hidden=True)
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--batch", type=int, required=True)
-@click.option("--tokens", type=int, required=True)
-@click.option("--threads", type=int, required=True)
+@click.option("--batch", type=click.IntRange(min=1), required=True)
+@click.option("--tokens", type=click.IntRange(min=1), required=True)
+@click.option("--threads", type=click.IntRange(min=1), required=True)
 @click.option("--share", is_flag=True)
 def session_worker(folder: Path, batch: int, tokens: int, threads: int, share: bool) -> None:
     """Open the engine, time a decoder prefill, report, then hold until stdin closes."""

@@ -20,7 +20,7 @@ import click
 @click.option("--model", required=True, help="Family name (its ONNX engine must exist).")
 @click.option(
     "--weights",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Local checkpoint folder (real families), for the parity check.",
 )
 @click.option(
@@ -45,8 +45,14 @@ import click
     type=click.Path(dir_okay=False, path_type=Path),
     help="TensorRT timing cache file, read if present and written back.",
 )
-@click.option("--workspace-gib", type=float, help="TensorRT workspace limit (default: device).")
-@click.option("--device", default=0, show_default=True, help="CUDA device.")
+@click.option(
+    "--workspace-gib",
+    type=click.FloatRange(min=0, min_open=True),
+    help="TensorRT workspace limit (default: device).",
+)
+@click.option(
+    "--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device."
+)
 def build_trt(
     model: str,
     weights: Path | None,
@@ -64,28 +70,16 @@ def build_trt(
       cvs-export build-trt --model yi34b --weights /models/llava-v1.6-34b-hf --precision fp16
       cvs-eval --engine trt --precision fp16 --model yi34b --weights /models/llava-v1.6-34b-hf
     """
+    spec, source = _checked_source(model, precision, out)  # before torch or a checkpoint loads
     from cvs_export.llava_next import part_specs
-    from cvs_export.trt_build import (
-        SOURCE_PRECISION,
-        TrtBuildError,
-        TrtBuildOptions,
-        build_trt_engine,
-    )
+    from cvs_export.trt_build import TrtBuildError, TrtBuildOptions, build_trt_engine
     from cvs_export.trt_ops import UnsupportedOpsError
     from cvs_export.validate import ParityError
     from cvs_families.checkpoint import CheckpointError, ensure_checkpoint, load_model
-    from cvs_families.registry import UnknownFamilyError, get_family
     from cvs_runtime.engine_manifest import ManifestError
     from cvs_runtime.trt_backend import TensorRTUnavailable
 
     try:
-        spec = get_family(model)
-        source = out / spec.name / SOURCE_PRECISION[cast(Any, precision)]
-        if not (source / "manifest.json").is_file():
-            raise click.ClickException(
-                f"no ONNX engine in {source}: build it first with `cvs-export build --model "
-                f"{spec.name} --precision {source.name}`"
-            )
         loaded = load_model(spec, ensure_checkpoint(spec, weights))
         options = TrtBuildOptions(
             precision=cast(Any, precision),
@@ -96,8 +90,30 @@ def build_trt(
         summary = build_trt_engine(
             source, part_specs(spec.config), out, options, loaded, echo=click.echo
         )
-    except (UnknownFamilyError, CheckpointError, ManifestError, TensorRTUnavailable) as error:
+    except (CheckpointError, ManifestError, TensorRTUnavailable) as error:
         raise click.ClickException(str(error)) from error
     except (TrtBuildError, UnsupportedOpsError, ParityError) as error:
         raise click.ClickException(f"TensorRT build failed: {error}") from error
     click.echo(f"{spec.name} trt-{precision}: engine in {summary.folder}")
+
+
+def _checked_source(model: str, precision: str, out: Path) -> tuple[Any, Path]:
+    """(family spec, the ONNX engine folder the plans are built from), or one line naming the
+    flag: an unknown --model, no source engine under --engines, or an engines root the plans
+    cannot be written to. All cheap: nothing here imports torch or TensorRT."""
+    from cvs_export.cli import check_writable_folder
+    from cvs_export.trt_build import SOURCE_PRECISION
+    from cvs_families.registry import UnknownFamilyError, get_family
+
+    try:
+        spec = get_family(model)
+    except UnknownFamilyError as error:
+        raise click.ClickException(f"--model: {error}") from None
+    source = out / spec.name / SOURCE_PRECISION[cast(Any, precision)]
+    if not (source / "manifest.json").is_file():
+        raise click.ClickException(
+            f"--engines {out}: no ONNX engine in {source}: build it first with `cvs-export build "
+            f"--model {spec.name} --precision {source.name} --engines {out}`"
+        )
+    check_writable_folder(out / spec.name, "--engines", "engines root")
+    return spec, source

@@ -4,8 +4,9 @@ TensorRT and onnxruntime-gpu cannot be installed where this project is developed
 so the server paths are verified where they run: on the user's GPU machine, by this command. It
 builds a tiny family (seeded random weights, peaked outputs), exports it to ONNX (the same
 `cvs-export build` code, validated on the onnxruntime CPU provider), builds or opens the engine
-asked for, and compares it with the PyTorch reference scorer (part outputs at untraced shapes
-and option scores through the whole chain), then times both.
+asked for (checking every file's sha256 and reporting what that costs), and compares it with the
+PyTorch reference scorer (part outputs at untraced shapes and option scores through the whole
+chain), then times both.
 
 Every step is reported as `ok`, `FAIL`, `unavailable` (a library, provider or GPU missing: the
 message names what to install) or `skipped` (an earlier step it needs did not pass); steps that
@@ -308,12 +309,22 @@ def _engine(run: _Run, engine: str, precision: str, out: Path) -> str:
             fp16=precision == "fp16", engine_cache_path=out / "ort-trt-cache", profiles=profiles
         )
     try:
-        runner = OrtGpuParts.open(folder, cast(Any, engine), cuda=CudaOptions(), tensorrt=options)
+        runner = OrtGpuParts.open(
+            folder, cast(Any, engine), cuda=CudaOptions(), tensorrt=options, verify="always"
+        )
     except GpuProviderError as error:
         raise StepUnavailable(str(error)) from None
     run.state["runner"] = runner
     used = {part: runner.providers(part)[0] for part in runner.part_names}
-    return "sessions on " + ", ".join(f"{part}: {p}" for part, p in used.items())
+    sessions = "sessions on " + ", ".join(f"{part}: {p}" for part, p in used.items())
+    return f"{sessions}\n{_verified(runner)}"
+
+
+def _verified(runner: Any) -> str:
+    """The content check's line (`verified N files, X MiB in Y s (Z MiB/s)`): what checking
+    every file's sha256 costs before each load on this machine."""
+    report = getattr(runner, "verification", None)
+    return report.line() if report is not None else "engine content not verified"
 
 
 def _trt_engine(run: _Run, precision: str, out: Path) -> str:
@@ -339,12 +350,12 @@ def _trt_engine(run: _Run, precision: str, out: Path) -> str:
         summary = build_trt_engine(
             run.state["onnx"], specs, out, options, run.state["loaded"], echo=lines.append
         )
-        run.state["runner"] = TrtParts.open(summary.folder)
+        run.state["runner"] = TrtParts.open(summary.folder, verify="always")
     except TensorRTUnavailable as error:
         raise StepUnavailable(str(error)) from None
     except (TrtBuildError, UnsupportedOpsError, ParityError) as error:
         raise StepFailed(str(error)) from None
-    return "\n".join(lines[:3])
+    return "\n".join([*lines[:3], _verified(run.state["runner"])])
 
 
 def _parity(run: _Run, precision: str) -> str:
@@ -419,7 +430,9 @@ def _timing(run: _Run, repeats: int) -> str:
     help="Engines root the doctor builds into: <root>/<model>/fp32/, "
     "<root>/<model>/trt-<precision>/ (default $CVS_CACHE/doctor/<engine>; --out: the old name).",
 )
-@click.option("--repeats", default=3, show_default=True, help="Timing repeats.")
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timing repeats."
+)
 @click.option("--debug", is_flag=True, help="Add tracebacks to unexpected failures.")
 def main(
     engine: str, model: str, precision: str, out: Path | None, repeats: int, debug: bool
@@ -428,12 +441,19 @@ def main(
 
     Exit status 0: verified; 1: a step failed; 3: a library, provider or GPU is missing.
     """
+    from cvs_export.cli import check_writable_folder
+    from cvs_families.paths import cache_dir
+    from cvs_families.registry import UnknownFamilyError, get_family
+
     if precision == "fp16" and engine not in ("trt", "ort-trt"):
         raise click.UsageError("--precision fp16 needs --engine trt or ort-trt")
+    try:
+        get_family(model)
+    except UnknownFamilyError as error:
+        raise click.BadParameter(str(error), param_hint="--model") from None
     if out is None:
-        from cvs_families.paths import cache_dir
-
         out = cache_dir() / "doctor" / engine
+    check_writable_folder(out, "--engines", "engines folder")
     report = run_doctor(
         engine, model=model, precision=precision, out=out, repeats=repeats, debug=debug
     )

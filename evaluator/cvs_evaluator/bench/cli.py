@@ -28,9 +28,12 @@ import numpy as np
 import pandas as pd
 
 from cvs_evaluator.bench.workload import CONDITIONS
+from cvs_export.parts import PRECISIONS
 
 DEFAULT_INT8 = "int8-wo"
 """The int8 recipe benchmarked by default (the one whose verdict passes on smol)."""
+INT8_CHOICES = (*(p for p in PRECISIONS if p.startswith("int8")), "")
+"""What `--int8` accepts: an int8 precision `cvs-export build` makes, or '' for none."""
 
 
 def variant_plan(conditions: Sequence[str], int8: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -266,6 +269,7 @@ def provenance() -> tuple[dict[str, str], str]:
 )
 @click.option(
     "--int8",
+    type=click.Choice(INT8_CHOICES),
     multiple=True,
     default=(DEFAULT_INT8,),
     show_default=True,
@@ -315,12 +319,8 @@ def main(
     """
     from cvs_evaluator.bench.machine import cpu_flags, cpu_model, gemm_ceilings
     from cvs_evaluator.bench.report import markdown_table, write_reports
-    from cvs_families.paths import DataDirMissing, data_dir
 
-    try:
-        data_dir()  # every variant reads the survey data: say so before measuring anything
-    except DataDirMissing as error:
-        raise click.ClickException(str(error)) from None
+    check_arguments(model, engines, [p for p in int8 if p], out)
     threads = threads or os.cpu_count() or 1
     click.echo(f"measuring the GEMM ceilings with {threads} thread(s) …")
     ceilings, sources = gemm_ceilings(threads)
@@ -367,6 +367,33 @@ def main(
     paths = write_reports(results, out)
     click.echo(markdown_table(results))
     click.echo("written: " + ", ".join(str(p) for p in paths))
+
+
+def check_arguments(model: str, engines: Path, int8: Sequence[str], out: Path) -> None:
+    """Everything the variants need, checked before the first measurement (a bench runs for
+    minutes): the family, the survey data, each engine, and an --out the reports can go to."""
+    from cvs_export.cli import check_writable_folder
+    from cvs_families.paths import DataDirMissing, data_dir
+    from cvs_families.registry import UnknownFamilyError, get_family
+    from cvs_runtime.engines import engine_folder
+
+    try:
+        get_family(model)
+    except UnknownFamilyError as error:
+        raise click.ClickException(f"--model: {error}") from None
+    try:
+        data_dir()  # every variant reads the survey data
+    except DataDirMissing as error:
+        raise click.ClickException(str(error)) from None
+    for precision in ("fp32", *int8):
+        folder = engine_folder(engines, "ort", model, precision)
+        if not (folder / "manifest.json").is_file():
+            raise click.ClickException(
+                f"--engines {engines}: no {precision} engine for {model} in {folder}: build it "
+                f"with `cvs-export build --engines {engines} --model {model} --precision "
+                f"{precision}` (or `make engines`)"
+            )
+    check_writable_folder(out, "--out", "results folder")
 
 
 def _higher(first: float | None, second: float | None) -> float | None:

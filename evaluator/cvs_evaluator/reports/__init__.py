@@ -3,7 +3,8 @@
 `write_reports` writes, into a run folder:
 - `alignment.html` / `alignment.csv` / `alignment.md`: the study's tables (section means beside
   human baselines with bootstrap intervals, condition changes with permutation p-values, income
-  groups, marginal similarity, screening, items not scored, latency), the same tables in all
+  groups, marginal similarity, screening, items not scored, skipped images, latency and the
+  check of the engine's first batch), the same tables in all
   three, with a section × country heatmap per condition and a latency figure in the HTML;
 - `parity.json` / `parity.html` when a comparison engine's frame is given (or a `skipped` form
   saying why none ran);
@@ -64,6 +65,7 @@ def write_reports(
     latency: LatencyRecord | Mapping[str, Any] | None = None,
     compare_latency: LatencyRecord | Mapping[str, Any] | None = None,
     screening: pd.DataFrame | None = None,
+    skipped_images: pd.DataFrame | None = None,
     income_of: Mapping[str, str | None] | None = None,
     notes: Sequence[str] = (),
     seed: int = 0,
@@ -74,7 +76,9 @@ def write_reports(
     `parity_skipped`: why no comparison ran (writes the skipped parity files; ignored when
     `compare` is given). `latency` / `compare_latency`: a `LatencyRecord` or its
     `latency_summary` (as read back from latency.json by `read_latency`). `screening`: one row
-    per screened image (image_id, country, category, rank, kept). `income_of`: ISO3 → income
+    per screened image (image_id, country, category, rank, kept). `skipped_images`: one row
+    per image the run could not use (image_id, country, category, reason, detail; None: no
+    images). `income_of`: ISO3 → income
     group (default `cvs_evaluator.countries.income_groups()`). `notes`: sentences shown at the
     top of the alignment page (e.g. that a condition carries no information for this model).
     """
@@ -102,8 +106,9 @@ def write_reports(
     links.append(("Provenance", "provenance.json"))
 
     report = alignment_report(
-        results, shares, bank, income_of=income_of, screening=screening, seed=seed
-    )
+        results, shares, bank, income_of=income_of, screening=screening,
+        skipped_images=skipped_images, seed=seed,
+    )  # fmt: skip
     lat_tables = latency_tables(summaries["run"], summaries["compare"])
     tables = [*report.tables(), *lat_tables]
     title = f"Alignment: {report.model}, {_label(results)}"
@@ -188,6 +193,11 @@ def _facts(results: pd.DataFrame, report: AlignmentReport) -> list[tuple[str, st
         ("items", str(len(results))),
         ("scored", str(scored)),
         ("not scored", str(len(results) - scored)),
+        *(
+            [("skipped images", str(len(report.skipped_images)))]
+            if report.skipped_images is not None
+            else []
+        ),
         ("conditions", ", ".join(report.conditions)),
         ("countries", ", ".join(report.countries)),
     ]
@@ -235,6 +245,14 @@ def _alignment_blocks(
             text=f"{len(report.not_scored)} item(s) have no model distribution.",
         )
     )
+    if report.skipped_images is not None:
+        blocks.append(
+            Block(
+                "Skipped images",
+                [tables["skipped_images"]],
+                text=f"{len(report.skipped_images)} image(s) could not be used.",
+            )
+        )
     if lat_tables:
         figures: list[InlineFigure] = [latency_bars(summaries)]
         blocks.append(Block("Latency", lat_tables, figures))

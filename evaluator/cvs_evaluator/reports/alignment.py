@@ -5,7 +5,8 @@ tables. Every number here comes from the existing analyses (`cvs_evaluator.aggre
 `baselines`, `evaluate.condition_effects`) applied to the run's items; this module only converts
 the results frame into their input (the metrics' long table), picks the groupings and orders the
 rows. Items without a model distribution (`model_dist` null: low option mass, …) are never
-dropped silently: they are counted and listed in the `not_scored` table.
+dropped silently: they are counted and listed in the `not_scored` table; images the run could
+not use (`cvs_evaluator.skipped_images`) are listed, with their reasons, in `skipped_images`.
 
 Baselines are computed over the same (country, question) pairs as the model's means: for each
 condition and country, only the questions scored for that country under that condition count
@@ -102,6 +103,9 @@ class AlignmentReport:
     """Kept and dropped images per country × category (None: screening was off)."""
     not_scored: pd.DataFrame
     """Items without a model distribution, with their status and reason."""
+    skipped_images: pd.DataFrame | None = None
+    """Images the run could not use: image_id, country, category, reason, detail (None: the
+    run had no images)."""
 
     def tables(self) -> list[ReportTable]:
         """The page's tables, in page order (the CSV and Markdown hold the same)."""
@@ -171,6 +175,18 @@ class AlignmentReport:
                 "mean above.",
             )
         )
+        if self.skipped_images is not None:
+            tables.append(
+                ReportTable(
+                    "skipped_images",
+                    "Skipped images",
+                    self.skipped_images,
+                    "Images that could not be used (missing, empty, unreadable, not decodable, "
+                    "truncated, over the pixel limit, outside the image root): none of their "
+                    "items was scored; the run went on without them. The list is "
+                    "skipped_images.json in the run folder.",
+                )
+            )
         return tables
 
 
@@ -196,10 +212,13 @@ def alignment_report(
     *,
     income_of: Mapping[str, str | None],
     screening: pd.DataFrame | None = None,
+    skipped_images: pd.DataFrame | None = None,
     seed: int = 0,
 ) -> AlignmentReport:
     """Every alignment table of one run (one model). `income_of` maps ISO3 → income group; a
-    country it lacks is treated as having none (left out of the income tables and named)."""
+    country it lacks is treated as having none (left out of the income tables and named).
+    `skipped_images`: the run's skipped images (`skipped_images.read_skipped`), listed as
+    given."""
     models = sorted(set(results["model"]))
     if len(models) != 1:
         raise ValueError(f"a run holds one model; the results hold {models}")
@@ -238,6 +257,7 @@ def alignment_report(
         marginal=sort_by(marginal, orders),
         screening=None if screening is None else screening_summary(screening),
         not_scored=not_scored_items(results),
+        skipped_images=None if skipped_images is None else skipped_images.reset_index(drop=True),
     )
 
 

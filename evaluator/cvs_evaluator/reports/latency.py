@@ -4,7 +4,8 @@ The scheduler (engine runs) or the reference scorer (torch runs, stage "score") 
 of each stage; a `LatencyRecord` holds those per-call seconds as measured, and
 `latency_summary` reduces them to what `latency.json` and the report show: per stage the call
 count, p50 and p95 (`numpy.percentile`, linear interpolation) and total seconds; items per
-second over the run's wall time; each cache's hit rate; peak resident memory.
+second over the run's wall time; each cache's hit rate; peak resident memory; and the check of
+the first scored batch (`cvs_evaluator.output_guard`), which a run records beside its timings.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class LatencyRecord:
     """Cache name ("image", "prefix") → hits, misses, evictions, peak_bytes, budget_bytes."""
     peak_rss_bytes: int = 0
     """Peak resident set size of the process."""
+    output_check: dict[str, Any] | None = None
+    """`OutputCheck.to_json()` of the first scored batch; None when nothing was scored (or the
+    record predates the check)."""
+    verification: dict[str, Any] | None = None
+    """`VerificationReport.to_json()` of the engine's content check before scoring; None for
+    the PyTorch reference (or a record that predates the check)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain data (the inverse of `from_json`)."""
@@ -48,6 +55,8 @@ class LatencyRecord:
             "wall_seconds": self.wall_seconds,
             "caches": {name: dict(values) for name, values in self.caches.items()},
             "peak_rss_bytes": self.peak_rss_bytes,
+            "output_check": None if self.output_check is None else dict(self.output_check),
+            "verification": None if self.verification is None else dict(self.verification),
         }
 
     @classmethod
@@ -61,6 +70,8 @@ class LatencyRecord:
                 str(k): {str(f): float(v) for f, v in c.items()} for k, c in data["caches"].items()
             },
             peak_rss_bytes=int(data.get("peak_rss_bytes", 0)),
+            output_check=data.get("output_check"),
+            verification=data.get("verification"),
         )
 
 
@@ -70,7 +81,9 @@ def latency_summary(record: LatencyRecord) -> dict[str, Any]:
     {"stages": {stage: {"calls", "p50_s", "p95_s", "total_s"}} in `STAGES` order then the
     others sorted (a stage without calls has null percentiles), "items", "wall_seconds",
     "items_per_second" (null when no wall time), "caches": {name: {the record's fields,
-    "hit_rate"}} (hits / (hits + misses); null when never asked), "peak_rss_bytes"}.
+    "hit_rate"}} (hits / (hits + misses); null when never asked), "peak_rss_bytes",
+    "output_check" (the record's; null when nothing was scored), "verification" (the engine's
+    content check: files hashed or taken from the record, bytes, seconds; null for torch)}.
     """
     order = [s for s in STAGES if s in record.stages]
     order += sorted(set(record.stages) - set(STAGES))
@@ -97,7 +110,31 @@ def latency_summary(record: LatencyRecord) -> dict[str, Any]:
         "items_per_second": record.items / record.wall_seconds if record.wall_seconds else None,
         "caches": caches,
         "peak_rss_bytes": record.peak_rss_bytes,
+        "output_check": record.output_check,
+        "verification": record.verification,
     }
+
+
+def output_check_text(check: Mapping[str, Any] | None) -> str:
+    """The output check of a summary, in words for the throughput table."""
+    if not check:
+        return "not run (nothing scored)"
+    verdict = "passed" if check.get("passed") else "failed"
+    return f"{verdict} on {check.get('batch_items')} item(s)"
+
+
+def verification_text(report: Mapping[str, Any] | None) -> str:
+    """The engine's content check before scoring, in words for the throughput table."""
+    if not report:
+        return "none (PyTorch reference)"
+    if report.get("mode") == "off":
+        return "off (--verify-engine off)"
+    mib = float(report.get("bytes_hashed", 0)) / 2**20
+    return (
+        f"{report.get('files_hashed')} file(s) hashed ({mib:.1f} MiB, "
+        f"{float(report.get('seconds', 0.0)):.2f} s), {report.get('files_from_record')} from "
+        "the verification record"
+    )
 
 
 def latency_tables(
@@ -115,6 +152,8 @@ def latency_tables(
                 "wall_seconds": s["wall_seconds"],
                 "items_per_second": s["items_per_second"],
                 "peak_rss_bytes": s["peak_rss_bytes"],
+                "output_check": output_check_text(s.get("output_check")),
+                "engine_verification": verification_text(s.get("verification")),
             }
             for name, s in summaries
         ]
@@ -142,7 +181,10 @@ def latency_tables(
             "Throughput and memory",
             overall,
             "items_per_second: items scored over the timed run's wall time; peak_rss_bytes: "
-            "the process's peak resident memory.",
+            "the process's peak resident memory; output_check: the first scored batch checked "
+            "for output uniform over the vocabulary or NaN/inf (a damaged engine) before "
+            "anything was stored; engine_verification: the sha256 check of the engine's files "
+            "against its manifest before loading (--verify-engine).",
         ),
         ReportTable(
             "latency_stages",
