@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -335,8 +336,8 @@ def verified_engine(
     return manifest, report
 
 
-def check_file_stat(folder: Path, record: FileRecord) -> None:
-    """Raise EngineMismatch if the file is missing or its size or mtime differs from the record."""
+def present_file_stat(folder: Path, record: FileRecord) -> os.stat_result:
+    """The file's stat; EngineMismatch if it is missing or its size differs from the record."""
     path = Path(folder) / record.name
     if not path.is_file():
         raise EngineMismatch(
@@ -349,6 +350,12 @@ def check_file_stat(folder: Path, record: FileRecord) -> None:
             f"{folder}: engine file {record.name} changed since build: size {stat.st_size} "
             f"bytes, {record.size} recorded",
         )
+    return stat
+
+
+def check_file_stat(folder: Path, record: FileRecord) -> None:
+    """Raise EngineMismatch if the file is missing or its size or mtime differs from the record."""
+    stat = present_file_stat(folder, record)
     if stat.st_mtime_ns != record.mtime_ns:
         raise EngineMismatch(
             f"files.{record.name}.mtime_ns",

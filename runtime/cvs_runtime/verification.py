@@ -34,7 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cvs_runtime.engine_manifest import EngineManifest, EngineMismatch, FileRecord
+from cvs_runtime.engine_manifest import (
+    EngineManifest,
+    EngineMismatch,
+    present_file_stat,
+)
 
 VERIFY_MODES = ("always", "cached", "off")
 """What `--verify-engine` accepts; `cached` is the default."""
@@ -229,22 +233,6 @@ def write_record(path: Path, folder: Path, entries: Mapping[str, Mapping[str, An
     return True
 
 
-def _present(folder: Path, record: FileRecord) -> os.stat_result:
-    path = folder / record.name
-    if not path.is_file():
-        raise EngineMismatch(
-            f"files.{record.name}", f"{folder}: engine file {record.name} is missing"
-        )
-    stat = path.stat()
-    if stat.st_size != record.size:
-        raise EngineMismatch(
-            f"files.{record.name}.size",
-            f"{folder}: engine file {record.name} changed since build: size {stat.st_size} "
-            f"bytes, {record.size} recorded",
-        )
-    return stat
-
-
 def verify_engine_files(
     folder: Path,
     manifest: EngineManifest,
@@ -265,7 +253,7 @@ def verify_engine_files(
     check_mode(mode)
     if mode == "off":
         return VerificationReport(folder, mode, len(manifest.files), 0, 0, 0, 0.0)
-    stats = {record.name: _present(folder, record) for record in manifest.files}
+    stats = {record.name: present_file_stat(folder, record) for record in manifest.files}
     record_file = record_path(folder, cache_dir or default_record_dir())
     known = read_record(record_file, folder) if mode == "cached" else {}
     todo: dict[str, Path] = {}
