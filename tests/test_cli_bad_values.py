@@ -28,9 +28,9 @@ from cvs_evaluator.bench.cli import main as bench_main
 from cvs_evaluator.cli_data import main as data_main
 from cvs_evaluator.cli_eval import ByteSize
 from cvs_evaluator.cli_eval import main as eval_main
-from cvs_export.cli import check_writable_folder
 from cvs_export.cli import main as export_main
 from cvs_export.doctor import main as doctor_main
+from cvs_families.paths import check_writable_folder
 
 CLIS: dict[str, click.Command] = {
     "cvs-eval": eval_main,
@@ -53,16 +53,9 @@ BASE: dict[str, list[Pair]] = {
     "cvs-eval run": RUN_BASE,
     "cvs-eval report": [("run_dir", "{dir}")],
     "cvs-eval repair": [("run_dir", "{dir}")],
+    "cvs-eval prompts": [("--model", "tiny-yi"), ("--out", "{tmp}/prompts.npz")],
     "cvs-export plan": [("--model", "tiny-yi")],
     "cvs-export build": [("--model", "tiny-yi"), ("--engines", "{tmp}/built")],
-    "cvs-export compare": [
-        ("--model", "tiny-yi"),
-        ("precisions", "fp32"),
-        ("precisions", "int8-wo"),
-        ("--engines", "{engines}"),
-        ("--out", "{tmp}/compare"),
-        ("--no-progress", None),
-    ],
     "cvs-export add-scoring-files": [("--model", "tiny-yi"), ("--engines", "{engines}")],
     "cvs-export verify": [("--model", "tiny-yi"), ("--engines", "{engines}")],
     "cvs-export sessions": [("folder", "{engines}/tiny-yi/fp32")],
@@ -93,11 +86,11 @@ HEAVY: dict[str, tuple[str, ...]] = {
     "cvs-eval repair": ("cvs_evaluator.run_folder:repair_run",),
     "cvs-export plan": ("cvs_export.planner:plan_export",),
     "cvs-export build": (
-        "cvs_export.cli:build_engine",
-        "cvs_export.cli:build_lower_precisions",
-        "cvs_export.cli:engine_up_to_date",
+        "cvs_export.build:build_engine",
+        "cvs_export.build:build_lower_precisions",
+        "cvs_export.build:engine_up_to_date",
     ),
-    "cvs-export compare": ("cvs_evaluator.precision_compare:compare_engines",),
+    "cvs-eval prompts": ("cvs_evaluator.prompt_requests:write_precision_prompts",),
     "cvs-export add-scoring-files": ("cvs_export.scoring_files:add_scoring_files",),
     "cvs-export verify": ("cvs_export.manifest:verify_engine",),
     "cvs-export sessions": ("subprocess:Popen",),
@@ -160,6 +153,8 @@ EXPLICIT: dict[tuple[str, str], list[Bad]] = {
         Bad("{file}/run", "under a file: cannot be created, not even by root"),
     ],
     ("cvs-eval run", "screen"): [Bad("3", "screening needs an image condition")],
+    ("cvs-eval prompts", "model"): [Bad("tiny-yj", "no such family")],
+    ("cvs-eval run", "ray_address"): [Bad("localhost", "a cluster address needs its port")],
     ("cvs-eval run", "human_source"): [Bad("goqa", "goqa needs --goqa-file")],
     ("cvs-eval run", "goqa_file"): [Bad("{file}", "read only with --human-source goqa")],
     ("cvs-eval run", "conditions"): [
@@ -168,8 +163,6 @@ EXPLICIT: dict[tuple[str, str], list[Bad]] = {
     ("cvs-export plan", "models"): [Bad("tiny-yj", "no such family")],
     ("cvs-export build", "models"): [Bad("tiny-yj", "no such family")],
     ("cvs-export build", "out"): [Bad("{file}/engines", "under a file: cannot be created")],
-    ("cvs-export compare", "model"): [Bad("tiny-yj", "no such family")],
-    ("cvs-export compare", "out"): [Bad("{file}/stores", "under a file: cannot be created")],
     ("cvs-export add-scoring-files", "model"): [Bad("tiny-yj", "no such family")],
     ("cvs-export verify", "models"): [Bad("tiny-yj", "no such family")],
     ("cvs-export build-trt", "model"): [Bad("tiny-yj", "no such family")],

@@ -21,6 +21,7 @@ A section named `ALL_SECTIONS` ("all") pools every section: the mean over all qu
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -105,46 +106,10 @@ def section_means(
     return _finish(result, keys, income_of, left_out, counted=table)
 
 
-def percent_change(
-    question_sims: pd.DataFrame,
-    section_of: Mapping[str, str],
-    condition_a: str,
-    condition_b: str,
-    *,
-    income_of: Mapping[str, str | None] | None = None,
-) -> pd.DataFrame:
-    """(b − a) / a × 100 per model × country (or income group) × section, and section "all".
-
-    a and b are the section means of `condition_a` and `condition_b` over the same (country,
-    question) pairs: only pairs scored under both conditions count (n_pairs); pairs scored under
-    one only are counted in n_unpaired. It is the change of the means, not a mean of per-question
-    changes. Similarity is at least 1 − √ln 2 ≈ 0.17, so a is never 0. Columns: model, country or
-    income_group, section, condition_a, condition_b, similarity_a, similarity_b, percent_change,
-    n_pairs, n_unpaired (+ n_countries, n_left_out with `income_of`).
-    """
-    paired, group, left_out = _paired(
-        question_sims, section_of, condition_a, condition_b, income_of
-    )
-    keys = ["model", group, "section"]
-    complete = paired.loc[paired["paired"]]
-    result = (
-        complete.groupby(keys, sort=True)
-        .agg(
-            similarity_a=("similarity_a", "mean"),
-            similarity_b=("similarity_b", "mean"),
-            n_pairs=("question", "size"),
-        )
-        .reset_index()
-    )
-    result["percent_change"] = (
-        (result["similarity_b"] - result["similarity_a"]) / result["similarity_a"] * 100.0
-    )
-    result.insert(len(keys), "condition_a", condition_a)
-    result.insert(len(keys) + 1, "condition_b", condition_b)
-    result = _with_unpaired(result, paired, keys)
-    columns = [*keys, "condition_a", "condition_b", "similarity_a", "similarity_b"]
-    result = result.loc[:, [*columns, "percent_change", "n_pairs", "n_unpaired"]]
-    return _finish(result, keys, income_of, left_out, counted=complete)
+def percent_change(mean_a: Any, mean_b: Any) -> Any:
+    """(b − a) / a × 100: the change of the means in percent of a (similarity is at least
+    1 − √ln 2 ≈ 0.17, so a is never 0). Scalars or aligned columns."""
+    return (mean_b - mean_a) / mean_a * 100.0
 
 
 def permutation_tests(

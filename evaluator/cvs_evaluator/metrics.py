@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from cvs_runtime.comparison import js_distance_rows
+
 ITEM_KEYS: tuple[str, ...] = ("model", "condition", "country", "question", "image")
 """Columns that identify one scored item."""
 QUESTION_KEYS: tuple[str, ...] = ("model", "condition", "country", "question")
@@ -60,14 +62,10 @@ def similarity(human: ArrayLike, model: ArrayLike) -> float:
 def similarity_rows(human: NDArray[np.float64], model: NDArray[np.float64]) -> NDArray[np.float64]:
     """Row-wise `similarity` of two (rows, options) arrays of valid distributions → (rows,).
 
-    No validation: callers pass non-negative, finite rows with positive sums.
+    No validation: callers pass non-negative, finite rows with positive sums. The distance is
+    `cvs_runtime.comparison.js_distance_rows` (scipy's, with its rounding guard).
     """
-    from scipy.spatial.distance import jensenshannon  # here, not at import: cold start
-
-    with np.errstate(invalid="ignore"):
-        distance = np.asarray(jensenshannon(human, model, axis=1), dtype=np.float64)  # (rows,)
-    # NaN here only comes from sqrt of a divergence rounded below 0: the distributions are equal.
-    return np.asarray(1.0 - np.nan_to_num(distance, nan=0.0), dtype=np.float64)
+    return np.asarray(1.0 - js_distance_rows(human, model), dtype=np.float64)  # (rows,)
 
 
 def _as_distribution(values: ArrayLike, name: str) -> NDArray[np.float64]:

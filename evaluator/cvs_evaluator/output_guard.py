@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike
 
 UNIFORM_TOLERANCE = 1e-2
 """Nats: an option log-prob within this of −log(vocab) counts as uniform. Constant logits give
-−log(vocab) to ~1e-12 (the log-softmax is taken in float64, `cvs_runtime.scores`), and a
+−log(vocab) to ~1e-12 (the log-softmax is taken in float64, `cvs_families.scores`), and a
 half-precision engine rounds equal logits equally, so damage is well inside 0.01. A working
 model is far outside it: the tiny random-weight families are initialised peaked (mean top option
 ≥ 0.6) and a trained model puts orders of magnitude more than 1/vocab on the answer letters; for

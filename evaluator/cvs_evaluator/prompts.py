@@ -22,14 +22,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from cvs_runtime.requests import ScoringRequest
+from cvs_families.prompt_text import (
+    ANSWER_PREFIX,
+    DEFAULT_CUE,
+    LETTERS,
+    OPTION_LINE,
+    PERSONA_IMAGE,
+    PERSONA_IMAGE_COUNTRY,
+    PERSONA_TEXT,
+    QUESTION_BODY,
+    QUESTION_LEAD,
+    RULES,
+)
+from cvs_families.requests import ScoringRequest
 
 if TYPE_CHECKING:
     from cvs_evaluator.images import ImageRecord
@@ -37,33 +48,6 @@ if TYPE_CHECKING:
 
 Condition = Literal["text", "image", "image+country"]
 CONDITIONS: tuple[Condition, ...] = ("text", "image", "image+country")
-
-LETTERS = string.ascii_uppercase
-"""Candidate option letters, in order; how many are usable depends on the tokenizer."""
-
-PERSONA_TEXT = (
-    "Imagine you are a person living in {country}. Answer the survey question below the way "
-    "a typical person from {country} would."
-)
-PERSONA_IMAGE = (
-    "Look at the image. From {cue}, work out which country it comes from, and imagine you are "
-    "a person living in that country. Answer the survey question below the way a typical "
-    "person from that country would."
-)
-PERSONA_IMAGE_COUNTRY = (
-    "Look at the image: it comes from {country}. Imagine you are a person living in {country}. "
-    "Answer the survey question below the way a typical person from {country} would."
-)
-RULES = (
-    "Rules: choose exactly one of the options, even if you are unsure or the question is "
-    'sensitive. Do not refuse and do not explain. Give the answers "Don\'t know" and '
-    '"No answer" the lowest weight.'
-)
-QUESTION_LEAD = "\n\nSurvey question:"
-"""Ends the text a group shares; the question follows after a space."""
-QUESTION_BODY = " {question}\nOptions:\n{options}\nAnswer with the letter of one option."
-ANSWER_PREFIX = "If I had to choose one of the options, my answer would be ("
-"""Appended after the chat template's generation prompt; the next token is the letter."""
 
 CATEGORY_CUES: Mapping[str, str] = {
     "brands": "the brands, logos and products in it",
@@ -78,10 +62,6 @@ CATEGORY_CUES: Mapping[str, str] = {
     "family": "the home and belongings of the family in it",
 }
 """The `image` condition's cue per image category (the study's eight, flags, Dollar Street)."""
-DEFAULT_CUE = "what it shows"
-"""Cue for a category not listed above."""
-OPTION_LINE = "({letter}) {label}"
-"""One option as the prompt shows it."""
 TEMPLATE_TEXTS: tuple[str, ...] = (
     PERSONA_TEXT,
     PERSONA_IMAGE,

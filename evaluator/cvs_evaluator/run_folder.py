@@ -253,6 +253,10 @@ def repair_run(path: Path) -> list[tuple[Path, RepairReport]]:
         raise RunFolderError(f"{path} is not a run folder")
     reports: list[tuple[Path, RepairReport]] = []
     folders = [path] + ([path / COMPARE_DIR] if (path / COMPARE_DIR).is_dir() else [])
+    if not any((f / STORE_NAME).is_file() or (f / RUN_JSON).is_file() for f in folders):
+        raise RunFolderError(
+            f"{path} is not a run folder ({STORE_NAME} and {RUN_JSON} missing): nothing to repair"
+        )
     for folder in folders:
         lock_fd = _lock(folder, hint="wait for it")
         try:

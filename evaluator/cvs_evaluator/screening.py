@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cvs_evaluator.prompts import PromptError, encode_prompt
-from cvs_runtime.requests import ScoringRequest
+from cvs_families.requests import ScoringRequest
 
 if TYPE_CHECKING:
     from cvs_evaluator.images import ImageRecord

@@ -15,9 +15,16 @@ from typing import Any, cast
 
 import click
 
+from cvs_export.cli_options import check_models, engines_option
+
 
 @click.command(name="build-trt", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", required=True, help="Family name (its ONNX engine must exist).")
+@click.option(
+    "--model",
+    required=True,
+    callback=check_models,
+    help="Family name (its ONNX engine must exist).",
+)
 @click.option(
     "--weights",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -30,15 +37,9 @@ import click
     show_default=True,
     help="Builder precision: fp16/bf16/fp32 from the fp32 ONNX engine, int8 from int8-qdq.",
 )
-@click.option(
-    "--engines",
-    "--out",
-    "out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("engines"),
-    show_default=True,
-    help="Engines root: reads <root>/<model>/<source>/, writes <root>/<model>/trt-<precision>/ "
-    "(--out: the old name).",
+@engines_option(
+    "Engines root: reads <root>/<model>/<source>/, writes <root>/<model>/trt-<precision>/",
+    dest="out",
 )
 @click.option(
     "--timing-cache",
@@ -99,16 +100,13 @@ def build_trt(
 
 def _checked_source(model: str, precision: str, out: Path) -> tuple[Any, Path]:
     """(family spec, the ONNX engine folder the plans are built from), or one line naming the
-    flag: an unknown --model, no source engine under --engines, or an engines root the plans
-    cannot be written to. All cheap: nothing here imports torch or TensorRT."""
-    from cvs_export.cli import check_writable_folder
+    flag: no source engine under --engines, or an engines root the plans cannot be written to
+    (--model was checked while parsing). All cheap: nothing here imports torch or TensorRT."""
     from cvs_export.trt_build import SOURCE_PRECISION
-    from cvs_families.registry import UnknownFamilyError, get_family
+    from cvs_families.paths import check_writable_folder
+    from cvs_families.registry import get_family
 
-    try:
-        spec = get_family(model)
-    except UnknownFamilyError as error:
-        raise click.ClickException(f"--model: {error}") from None
+    spec = get_family(model)
     source = out / spec.name / SOURCE_PRECISION[cast(Any, precision)]
     if not (source / "manifest.json").is_file():
         raise click.ClickException(

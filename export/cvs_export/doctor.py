@@ -1,7 +1,7 @@
 """`cvs-doctor`: prove one engine path on this machine, end to end, with a tiny model.
 
-TensorRT and onnxruntime-gpu cannot be installed where this project is developed (NOTES.md §3),
-so the server paths are verified where they run: on the user's GPU machine, by this command. It
+TensorRT and onnxruntime-gpu cannot be installed where this project is developed (no GPU), so
+the server paths are verified where they run: on the user's GPU machine, by this command. It
 builds a tiny family (seeded random weights, peaked outputs), exports it to ONNX (the same
 `cvs-export build` code, validated on the onnxruntime CPU provider), builds or opens the engine
 asked for (checking every file's sha256 and reporting what that costs), and compares it with the
@@ -27,8 +27,11 @@ from typing import Any, Literal, cast
 
 import click
 
-ENGINES = ("trt", "ort-cuda", "ort-trt", "ort")
-"""Engine paths the doctor checks."""
+from cvs_export.cli_options import engines_option
+from cvs_runtime.engines import ENGINE_KINDS
+
+ENGINES = tuple(ENGINE_KINDS)
+"""Engine paths the doctor checks: every registered engine kind."""
 DEFAULT_MODEL = "tiny-yi"
 """Llama text model with grouped key/value heads (7:1): the case most likely to break."""
 TORCH_EXTRA = "pip install 'cvs-eval[export]'"
@@ -216,7 +219,7 @@ def _family(run: _Run, name: str) -> str:
 
 
 def _export(run: _Run, name: str, out: Path) -> str:
-    from cvs_export.cli import build_engine
+    from cvs_export.build import BuildError, build_engine
     from cvs_export.llava_next import part_specs
     from cvs_export.onnx_export import ExportError
     from cvs_export.validate import ParityError
@@ -226,9 +229,8 @@ def _export(run: _Run, name: str, out: Path) -> str:
         summary = build_engine(
             name, weights=None, precision="fp32", out_root=out, echo=lines.append
         )
-    except (ExportError, ParityError, click.ClickException) as error:
-        message = error.format_message() if isinstance(error, click.ClickException) else error
-        raise StepFailed(f"{message}") from None
+    except (ExportError, ParityError, BuildError) as error:
+        raise StepFailed(str(error)) from None
     run.state["onnx"] = summary.folder
     run.state["specs"] = part_specs(run.state["loaded"].spec.config)
     chain = next((line.strip() for line in lines if line.strip().startswith("chain:")), "")
@@ -410,8 +412,8 @@ def _timing(run: _Run, repeats: int) -> str:
     type=click.Choice(ENGINES),
     default="ort",
     show_default=True,
-    help="trt: TensorRT engines; ort-cuda / ort-trt: onnxruntime's CUDA / TensorRT provider; "
-    "ort: onnxruntime on the CPU.",
+    help="ort: onnxruntime on the CPU; ort-cuda / ort-trt: onnxruntime's CUDA / TensorRT "
+    "provider; trt: TensorRT engines.",
 )
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Tiny family to use.")
 @click.option(
@@ -421,14 +423,11 @@ def _timing(run: _Run, repeats: int) -> str:
     show_default=True,
     help="fp16: TensorRT builder flag (trt, ort-trt only).",
 )
-@click.option(
-    "--engines",
-    "--out",
-    "out",
-    type=click.Path(file_okay=False, path_type=Path),
+@engines_option(
+    "Engines root the doctor builds into: <root>/<model>/fp32/, <root>/<model>/trt-<precision>/ "
+    "(default $CVS_CACHE/doctor/<engine>)",
     default=None,
-    help="Engines root the doctor builds into: <root>/<model>/fp32/, "
-    "<root>/<model>/trt-<precision>/ (default $CVS_CACHE/doctor/<engine>; --out: the old name).",
+    dest="out",
 )
 @click.option(
     "--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timing repeats."
@@ -441,8 +440,7 @@ def main(
 
     Exit status 0: verified; 1: a step failed; 3: a library, provider or GPU is missing.
     """
-    from cvs_export.cli import check_writable_folder
-    from cvs_families.paths import cache_dir
+    from cvs_families.paths import cache_dir, check_writable_folder
     from cvs_families.registry import UnknownFamilyError, get_family
 
     if precision == "fp16" and engine not in ("trt", "ort-trt"):

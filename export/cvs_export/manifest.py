@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -141,6 +142,16 @@ def write_manifest(folder: Path, manifest: EngineManifest) -> Path:
     return path
 
 
+def publish_engine(staging: Path, final: Path, manifest: EngineManifest) -> Path:
+    """Record `manifest` in the finished `staging` folder, then put it in place of `final` (an
+    older engine there is removed first); returns `final`."""
+    write_manifest(staging, manifest)
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+    return final
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     """What `verify_engine` checked."""
@@ -163,6 +174,24 @@ class VerifyResult:
     def bytes_per_second(self) -> float:
         """Hashing throughput; 0 when nothing was hashed."""
         return self.bytes_hashed / self.seconds if self.bytes_hashed and self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        """`ok, N files, X MiB hashed in Y s (Z MiB/s); …`: what `cvs-export verify` prints."""
+        sealed = (
+            "; manifest sealed (it was written before manifests carried their own hash; "
+            f"all {self.files} file hashes match)"
+            if self.sealed
+            else "; manifest seal ok"
+        )
+        refreshed = (
+            f"; new mtimes recorded for {', '.join(self.mtimes_refreshed)}"
+            if self.mtimes_refreshed
+            else ""
+        )
+        return (
+            f"ok, {self.files} files, {self.bytes_hashed / 2**20:.1f} MiB hashed in "
+            f"{self.seconds:.2f} s ({self.bytes_per_second / 2**20:.0f} MiB/s){sealed}{refreshed}"
+        )
 
 
 def verify_engine(folder: Path) -> VerifyResult:

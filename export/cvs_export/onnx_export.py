@@ -13,7 +13,7 @@ Why this module exists: a plain `torch.onnx.export` of a loaded model holds the 
   initializers are named by module path, which maps them back to the twin's parameters and thus
   to the loaded model's tensor names. The weights are then streamed from the loaded model into
   one file, one tensor at a time, so export needs the loaded model plus one tensor, not 2.2×
-  the weights (NOTES.md §3).
+  the weights.
 - **One weight copy.** Every graph points into the same `weights.bin` (ONNX external data:
   location, offset, length); a tensor used by several graphs (a tied embedding and head) is
   written once, untransposed, because the graphs reference the parameters as the model holds

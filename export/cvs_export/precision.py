@@ -6,24 +6,26 @@ looks: the option distribution. So every non-fp32 engine is built, validated by 
 fp32 (parts at untraced shapes, the whole chain against the PyTorch fp32 reference), and its
 figures are judged against the targets below into a `Verdict` written into the manifest. The
 runtime refuses an engine whose verdict failed unless the caller allows it
-(`cvs_runtime.engine_manifest.check_engine(allow_failed_verdict=True)`).
+(`cvs_runtime.engine_manifest.verified_engine(allow_failed_verdict=True)`).
 
 Targets (issue 5): fp16 mean option JS distance ≤ 1e-3; int8 mean JS ≤ 0.02 and top-1
 agreement ≥ 95%. The section-shift target (no section's mean similarity moving > 0.01) needs
-the survey's human answers, so it is measured by `cvs-export compare`, not at build time.
+the survey's human answers, so it is measured on a run (`cvs-eval --compare-to`), not at build
+time. Each recipe is an object that knows how to build itself: an export at a float type, or an
+fp32 export quantized dynamically, weight-only or statically (Q/DQ).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cvs_export.parts import PRECISIONS, Precision
 
-Method = Literal["export", "dynamic", "weight-only", "qdq"]
-"""How the engine is made: exported at a float type, or an fp32 export quantized by
-onnxruntime (dynamic MatMulInteger, weight-only MatMulNBits, static Q/DQ)."""
+if TYPE_CHECKING:
+    from cvs_export.precision_build import BuiltParts, PrecisionJob
 
 KEEP_GROUPS: Mapping[str, tuple[str, ...]] = {
     "head": ("lm_head.weight", "embed_tokens.weight"),
@@ -35,81 +37,169 @@ KEEP_GROUPS: Mapping[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one precision is built."""
+    """How one precision is built; each kind below knows how to build itself (`build`)."""
 
     name: Precision
     """The precision name: engines/<model>/<name>/."""
-    method: Method
-    """Export at a float type, or quantize the fp32 export with onnxruntime."""
     description: str
     """One line for tables and the manifest."""
+    cpu_refusal: str = ""
+    """Why onnxruntime's CPU provider cannot run the engine ("" when it can): such an engine is
+    built and recorded as not run here; a GPU provider runs it."""
+
+    exporter_note: ClassVar[str] = ""
+    """Appended to the manifest's exporter line."""
+
+    def build(self, job: PrecisionJob) -> BuiltParts:
+        """Write the engine's part graphs into `job.staging`; say what was done."""
+        raise NotImplementedError(f"{self.name} has no build step")
+
+
+@dataclass(frozen=True)
+class ExportRecipe(Recipe):
+    """Exported at a float type: the fp32-loaded model through a meta twin of that type, the
+    weights cast slice by slice while written."""
+
+    range_check: bool = False
+    """Also run the activation-range check on the calibration prompts (fp16: an activation past
+    65,504 fails the verdict)."""
+
+    def build(self, job: PrecisionJob) -> BuiltParts:
+        from cvs_export.precision_build import export_float
+
+        return export_float(job, self)
+
+
+@dataclass(frozen=True)
+class QuantizedRecipe(Recipe):
+    """An fp32 export (the built `fp32/` engine when it matches the checkpoint, else a fresh
+    one) whose language-model graphs onnxruntime quantizes (`cvs_export.quantize`)."""
+
     per_channel: bool = False
     """Weight scales per output channel (else one per tensor)."""
     keep: tuple[str, ...] = ()
     """`KEEP_GROUPS` names left in fp32."""
     smooth_alpha: float | None = None
-    """SmoothQuant migration strength (None: no smoothing); see `cvs_export.quantize`."""
+    """SmoothQuant migration strength (None: no smoothing; else a smoothed copy is exported)."""
+
+    exporter_note: ClassVar[str] = " + onnxruntime.quantization"
+    needs_calibration: ClassVar[bool] = False
+    """Whether quantizing a graph needs calibration feeds (static Q/DQ)."""
+
+    def build(self, job: PrecisionJob) -> BuiltParts:
+        from cvs_export.precision_build import quantize_fp32
+
+        return quantize_fp32(job, self)
+
+    def quantize_graph(
+        self, graph: Any, out: Path, *, chosen: Sequence[str], excluded: Sequence[str],
+        calibration: Sequence[Mapping[str, Any]],
+    ) -> None:  # fmt: skip
+        """Write `graph` quantized to `out` (+ its external data); `chosen` are the weight
+        MatMul nodes to quantize, `excluded` those the recipe keeps."""
+        raise NotImplementedError(f"{self.name} has no quantizer")
+
+
+@dataclass(frozen=True)
+class DynamicRecipe(QuantizedRecipe):
+    """Dynamic int8 MatMulInteger: activations quantized per call."""
+
     reduce_range: bool = False
-    """Dynamic recipes: 7-bit weights, so AVX2's u8×s8 pair sums (vpmaddubsw, int16) cannot
-    saturate on CPUs without VNNI."""
+    """7-bit weights, so AVX2's u8×s8 pair sums (vpmaddubsw, int16) cannot saturate on CPUs
+    without VNNI."""
+
+    def quantize_graph(
+        self, graph: Any, out: Path, *, chosen: Sequence[str], excluded: Sequence[str],
+        calibration: Sequence[Mapping[str, Any]],
+    ) -> None:  # fmt: skip
+        from cvs_export.quantize import quantize_dynamic_graph
+
+        quantize_dynamic_graph(
+            graph, out, chosen, per_channel=self.per_channel, reduce_range=self.reduce_range
+        )
+
+
+@dataclass(frozen=True)
+class WeightOnlyRecipe(QuantizedRecipe):
+    """Weight-only 8-bit MatMulNBits (block 32, asymmetric)."""
+
     accuracy_level: int | None = None
-    """MatMulNBits compute type (weight-only recipes): None/0 unset, 1 fp32, 4 int8 (the
-    activations quantized per block for an int8 dot product)."""
+    """MatMulNBits compute type: None/0 unset, 1 fp32, 4 int8 (the activations quantized per
+    block for an int8 dot product)."""
+
+    def quantize_graph(
+        self, graph: Any, out: Path, *, chosen: Sequence[str], excluded: Sequence[str],
+        calibration: Sequence[Mapping[str, Any]],
+    ) -> None:  # fmt: skip
+        from cvs_export.quantize import quantize_weight_only_graph
+
+        quantize_weight_only_graph(graph, out, excluded, self.accuracy_level)
+
+
+@dataclass(frozen=True)
+class QdqRecipe(QuantizedRecipe):
+    """Static symmetric int8 Q/DQ (TensorRT's form), MinMax-calibrated on survey prompts."""
+
+    needs_calibration: ClassVar[bool] = True
+
+    def quantize_graph(
+        self, graph: Any, out: Path, *, chosen: Sequence[str], excluded: Sequence[str],
+        calibration: Sequence[Mapping[str, Any]],
+    ) -> None:  # fmt: skip
+        from cvs_export.quantize import quantize_qdq_graph
+
+        quantize_qdq_graph(graph, out, chosen, calibration, per_channel=self.per_channel)
 
 
 RECIPES: Mapping[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe("fp32", "export", "fp32 export (reference)"),
-        Recipe("fp16", "export", "exported at float16 (model cast, weights cast per slice)"),
-        Recipe("bf16", "export", "exported at bfloat16 (model cast, weights cast per slice)"),
-        Recipe("int8-dyn", "dynamic", "dynamic int8 MatMulInteger, per-tensor weight scales"),
-        Recipe(
-            "int8-dyn-pc", "dynamic", "dynamic int8, per-channel weight scales", per_channel=True
+        ExportRecipe("fp32", "fp32 export (reference)"),
+        ExportRecipe(
+            "fp16", "exported at float16 (model cast, weights cast per slice)", range_check=True
         ),
-        Recipe(
+        ExportRecipe(
+            "bf16",
+            "exported at bfloat16 (model cast, weights cast per slice)",
+            cpu_refusal="onnxruntime CPU refuses bfloat16 graphs (no bf16 MatMul/Add/Mul kernels)",
+        ),
+        DynamicRecipe("int8-dyn", "dynamic int8 MatMulInteger, per-tensor weight scales"),
+        DynamicRecipe("int8-dyn-pc", "dynamic int8, per-channel weight scales", per_channel=True),
+        DynamicRecipe(
             "int8-dyn-pc-keep",
-            "dynamic",
             "dynamic int8 per-channel, head and down_proj kept fp32",
             per_channel=True,
             keep=("head", "down_proj"),
         ),
-        Recipe(
+        DynamicRecipe(
             "int8-dyn-pc-head",
-            "dynamic",
             "dynamic int8 per-channel, head kept fp32",
             per_channel=True,
             keep=("head",),
         ),
-        Recipe(
+        DynamicRecipe(
             "int8-dyn-pc-head-r7",
-            "dynamic",
             "dynamic int8 per-channel, 7-bit weights (no AVX2 saturation), head kept fp32",
             per_channel=True,
             keep=("head",),
             reduce_range=True,
         ),
-        Recipe(
-            "int8-wo",
-            "weight-only",
-            "weight-only 8-bit MatMulNBits (block 32, asymmetric), fp32 activations",
+        WeightOnlyRecipe(
+            "int8-wo", "weight-only 8-bit MatMulNBits (block 32, asymmetric), fp32 activations"
         ),
-        Recipe(
+        WeightOnlyRecipe(
             "int8-wo-acc4",
-            "weight-only",
             "8-bit MatMulNBits (block 32, asymmetric) with int8 compute (accuracy_level 4)",
             accuracy_level=4,
         ),
-        Recipe(
+        QdqRecipe(
             "int8-qdq",
-            "qdq",
             "static symmetric int8 Q/DQ (TensorRT form), MinMax on survey prompts, "
             "per-channel weights",
             per_channel=True,
         ),
-        Recipe(
+        QdqRecipe(
             "int8-qdq-smooth",
-            "qdq",
             "static symmetric int8 Q/DQ after SmoothQuant scale migration (alpha 0.5)",
             per_channel=True,
             smooth_alpha=0.5,
@@ -129,7 +219,8 @@ class Targets:
     top1: float | None = None
     """Smallest allowed share of items whose most likely option agrees (None: not judged)."""
     section_shift: float | None = None
-    """Largest allowed move of a section's mean similarity (judged by `cvs-export compare`)."""
+    """Largest allowed move of a section's mean similarity (judged on a run with
+    `cvs-eval --compare-to`, not at build time)."""
 
 
 TARGETS: Mapping[str, Targets] = {

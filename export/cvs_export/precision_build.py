@@ -1,22 +1,18 @@
 """Build a lower-precision engine: export or quantize, validate like fp32, record a verdict.
 
-Why this module exists: fp32 builds (`cvs_export.cli.build_engine`) stop on any parity
+Why this module exists: fp32 builds (`cvs_export.build.build_engine`) stop on any parity
 difference. Every other precision (`cvs_export.precision.RECIPES`) goes through the same part
 and chain validation against the PyTorch fp32 model, then is scored on real survey prompts
 (text condition, questions never used for calibration) against the same reference; the
-distribution figures are judged against the precision's targets and the `Verdict` lands in
-the manifest (`validation.verdict`, `validation.passed`). A failing verdict is not a build
-failure; the runtime refuses such an engine unless allowed.
+distribution figures (`cvs_runtime.comparison`) are judged against the precision's targets and
+the `Verdict` lands in the manifest (`validation.verdict`, `validation.passed`). A failing
+verdict is not a build failure; the runtime refuses such an engine unless allowed.
 
-- fp16/bf16: the fp32-loaded model exported through a float16/bfloat16 meta twin (weights cast
-  slice by slice while written). fp16 builds also run the activation-range check on the survey
-  prompts (`cvs_export.activation_range`): an activation past 65,504 fails the verdict.
-- bf16: onnxruntime's CPU provider has no bf16 MatMul/Add/Mul kernels (session creation fails
-  with NOT_IMPLEMENTED), so here the engine is built and recorded as *not run*; a GPU provider
-  (CUDA, TensorRT) runs it.
-- int8 recipes: an fp32 export (the built `fp32/` engine when it matches the checkpoint, else a
-  fresh one; SmoothQuant always re-exports a smoothed copy) is quantized by
-  `cvs_export.quantize`.
+The survey prompts come from the evaluator as data (`cvs-eval prompts --out FILE`, read here
+from `cvs_runtime.request_file`): the export stage never imports the evaluator. Each recipe
+builds itself (`Recipe.build`): `export_float` for fp16/bf16, `quantize_fp32` for the int8
+recipes. A recipe onnxruntime's CPU provider cannot run (bf16: `Recipe.cpu_refusal`) is built
+and recorded as *not run*; a GPU provider runs it.
 """
 
 from __future__ import annotations
@@ -26,35 +22,37 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from cvs_export.parts import Precision
-from cvs_export.precision import RECIPES, Recipe, Verdict, judge, not_run
+from cvs_export.precision import RECIPES, ExportRecipe, QuantizedRecipe, Verdict, judge, not_run
 from cvs_families.checkpoint import LoadedModel
-from cvs_runtime.requests import ScoringRequest
-from cvs_runtime.scores import OptionScores
+from cvs_families.requests import ScoringRequest
+from cvs_families.scores import OptionScores
 
-VERDICT_REQUESTS = 96
-"""Survey prompts each verdict is judged on (one half of the value questions)."""
-CALIBRATION_REQUESTS = 32
-"""Survey prompts for Q/DQ calibration, SmoothQuant and the fp16 range check (the other half)."""
+if TYPE_CHECKING:
+    from cvs_export.validate import ValidationReport
+    from cvs_runtime.request_file import RequestFile
 
 
 @dataclass(frozen=True)
 class SurveySet:
-    """Real survey prompts for one family (built by the evaluator: it owns prompts)."""
+    """Real survey prompts for one family (written by the evaluator: it owns prompts)."""
 
     verdict: tuple[ScoringRequest, ...]
     """Prompts the verdict is judged on."""
     calibration: tuple[ScoringRequest, ...]
     """Prompts for calibration and the activation-range check (disjoint questions)."""
 
+    @classmethod
+    def from_file(cls, prompts: RequestFile) -> SurveySet:
+        """The verdict and calibration sets of a request file (checked by the caller)."""
+        from cvs_runtime.request_file import CALIBRATION_SET, VERDICT_SET
 
-SurveySource = Callable[[Any, Any], SurveySet]
-"""(family spec, tokenizer) → SurveySet."""
+        return cls(verdict=prompts.sets[VERDICT_SET], calibration=prompts.sets[CALIBRATION_SET])
 
 
 @dataclass
@@ -77,46 +75,31 @@ class FamilyContext:
 
 
 @dataclass(frozen=True)
-class DistributionFigures:
-    """Option-distribution agreement of an engine with the reference over many requests."""
+class PrecisionJob:
+    """Where one lower-precision engine is built, and from what."""
 
-    requests: int
-    """Requests compared."""
-    mean_js: float
-    """Mean Jensen–Shannon distance (natural log) between option distributions."""
-    max_js: float
-    """Largest such distance."""
-    top1: float
-    """Share of requests whose most likely option agrees."""
-    max_logprob_diff: float
-    """Largest |Δ option log-prob|."""
-    finite: bool
-    """Every engine log-prob is finite."""
+    context: FamilyContext
+    """The family's fp32 model and survey prompts."""
+    specs: Mapping[str, Any]
+    """Part specs by name."""
+    out_root: Path
+    """Engines root (`<root>/<model>/<precision>/`)."""
+    staging: Path
+    """The folder being built (renamed into place when recorded)."""
+    scratch: Path
+    """A folder for a fresh fp32 export to quantize (removed afterwards)."""
 
 
-def distribution_figures(
-    engine: Sequence[OptionScores], reference: Sequence[OptionScores]
-) -> DistributionFigures:
-    """Mean/max JS distance, top-1 agreement and max |Δ log-prob| of two score lists."""
-    from cvs_export.validate import js_distance
+@dataclass(frozen=True)
+class BuiltParts:
+    """What a recipe's build step wrote into the staging folder."""
 
-    if not engine or len(engine) != len(reference):
-        raise ValueError(f"need equal, non-empty score lists ({len(engine)} vs {len(reference)})")
-    pairs = list(zip(engine, reference, strict=True))
-    js = np.array([js_distance(e.distribution, r.distribution) for e, r in pairs])
-    diffs = np.concatenate([e.option_logprobs - r.option_logprobs for e, r in pairs])
-    finite = bool(np.all(np.isfinite(diffs)) and np.all(np.isfinite(js)))
-    agree = [
-        int(np.argmax(e.option_logprobs)) == int(np.argmax(r.option_logprobs)) for e, r in pairs
-    ]
-    return DistributionFigures(
-        requests=len(pairs),
-        mean_js=float(np.mean(js)) if finite else float("nan"),
-        max_js=float(np.max(js)) if finite else float("nan"),
-        top1=float(np.mean(agree)),
-        max_logprob_diff=float(np.max(np.abs(diffs))) if finite else float("inf"),
-        finite=finite,
-    )
+    files: dict[str, str]
+    """Part name → graph file in the staging folder."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """What to record under the manifest's `export`."""
+    checks: dict[str, Any] = field(default_factory=dict)
+    """Extra checks for the manifest's `validation` (the fp16 activation range)."""
 
 
 @dataclass(frozen=True)
@@ -183,20 +166,60 @@ def suffix_calibration_feeds(
     return feeds
 
 
-def _fp32_source(
-    context: FamilyContext, recipe: Recipe, out_root: Path, scratch: Path, specs: Mapping[str, Any]
-) -> tuple[Path, dict[str, Any]]:
+def export_float(job: PrecisionJob, recipe: ExportRecipe) -> BuiltParts:
+    """Export the fp32-loaded model at `recipe`'s float type (and check fp16's activation range
+    on the calibration prompts)."""
+    from cvs_export.onnx_export import export_parts
+
+    loaded = job.context.loaded
+    result = export_parts(loaded.model, job.specs, job.staging, precision=recipe.name)
+    checks: dict[str, Any] = {}
+    if recipe.range_check:
+        from cvs_export.activation_range import activation_ranges
+
+        prompts = [r.input_ids for r in job.context.survey.calibration]
+        checks["activation_range"] = activation_ranges(loaded.model, prompts).to_json()
+    return BuiltParts(files={p: e.file for p, e in result.parts.items()}, checks=checks)
+
+
+def quantize_fp32(job: PrecisionJob, recipe: QuantizedRecipe) -> BuiltParts:
+    """Quantize an fp32 export of the family by `recipe` into the staging folder."""
+    from cvs_export.quantize import build_int8_folder
+    from cvs_runtime.ort_backend import OrtParts, OrtSessionConfig
+
+    source, info = _fp32_source(job, recipe)
+    files = {p: f"{p}.onnx" for p in job.specs}
+    feeds: dict[str, list[dict[str, NDArray[Any]]]] = {}
+    calibration = job.context.survey.calibration
+    if recipe.needs_calibration:
+        fp32 = OrtParts(
+            {p: source / f"{p}.onnx" for p in ("embedding", "decoder")}, OrtSessionConfig()
+        )
+        spec = job.context.loaded.spec
+        feeds = {
+            "decoder": decoder_prefill_feeds(fp32, spec, calibration),
+            "suffix": suffix_calibration_feeds(fp32, spec, calibration),
+        }
+    quantized = build_int8_folder(source, job.staging, recipe, files, calibration=feeds)
+    shutil.rmtree(job.scratch, ignore_errors=True)
+    info["quantized_matmuls"] = len(quantized.quantized)
+    info["kept_matmuls"] = list(quantized.kept)
+    info["calibration_prompts"] = len(calibration) if feeds else 0
+    return BuiltParts(files=files, info=info)
+
+
+def _fp32_source(job: PrecisionJob, recipe: QuantizedRecipe) -> tuple[Path, dict[str, Any]]:
     """An fp32 engine folder to quantize: the built one when it matches, else a fresh export."""
     from cvs_export.onnx_export import export_parts
     from cvs_export.quantize import smoothed_copy
-    from cvs_runtime.engine_manifest import ManifestError, check_engine
+    from cvs_runtime.engine_manifest import ManifestError, verified_engine
 
-    loaded = context.loaded
-    built = out_root / loaded.spec.name / "fp32"
+    loaded = job.context.loaded
+    built = job.out_root / loaded.spec.name / "fp32"
     info: dict[str, Any] = {}
     if recipe.smooth_alpha is None:
         try:
-            check_engine(
+            verified_engine(
                 built,
                 family=loaded.spec.name,
                 precision="fp32",
@@ -208,14 +231,14 @@ def _fp32_source(
             pass
     model = loaded.model
     if recipe.smooth_alpha is not None:
-        prompts = [r.input_ids for r in context.survey.calibration]
+        prompts = [r.input_ids for r in job.context.survey.calibration]
         model, pairs = smoothed_copy(loaded.model, prompts, recipe.smooth_alpha)
         info["smoothed_pairs"] = len(pairs)
         info["smooth_max_scale"] = max(p.max_scale for p in pairs)
-    shutil.rmtree(scratch, ignore_errors=True)
-    export_parts(model, specs, scratch, precision="fp32")
+    shutil.rmtree(job.scratch, ignore_errors=True)
+    export_parts(model, job.specs, job.scratch, precision="fp32")
     info["fp32_source"] = "fresh export" + (" (smoothed)" if recipe.smooth_alpha else "")
-    return scratch, info
+    return job.scratch, info
 
 
 def build_precision_engine(
@@ -228,85 +251,60 @@ def build_precision_engine(
     """Build, validate and judge one lower-precision engine of `context`'s family."""
     import torch
 
-    from cvs_export.activation_range import activation_ranges
     from cvs_export.llava_next import part_specs
-    from cvs_export.manifest import build_manifest, write_manifest
-    from cvs_export.onnx_export import EXPORTER, OPSET, export_parts
-    from cvs_export.quantize import build_int8_folder
+    from cvs_export.manifest import build_manifest, publish_engine
+    from cvs_export.onnx_export import EXPORTER, OPSET
     from cvs_export.scoring_files import write_scoring_files
-    from cvs_runtime.ort_backend import OrtParts, OrtSessionConfig
 
     recipe = RECIPES[precision]
     if recipe.name == "fp32":
-        raise ValueError("fp32 is built by cvs_export.cli.build_engine")
+        raise ValueError("fp32 is built by cvs_export.build.build_engine")
     loaded = context.loaded
     name = loaded.spec.name
-    specs = part_specs(loaded.spec.config)
-    final = out_root / name / precision
-    staging = out_root / name / f"{precision}.partial"
-    scratch = out_root / name / f"{precision}.fp32-source"
-    shutil.rmtree(staging, ignore_errors=True)
-    info: dict[str, Any] = {"recipe": recipe.description, "kept_groups": list(recipe.keep)}
-    extra: dict[str, Any] = {}
+    folder = out_root / name
+    job = PrecisionJob(
+        context=context,
+        specs=part_specs(loaded.spec.config),
+        out_root=out_root,
+        staging=folder / f"{precision}.partial",
+        scratch=folder / f"{precision}.fp32-source",
+    )
+    shutil.rmtree(job.staging, ignore_errors=True)
     started = time.perf_counter()
     with torch.no_grad():
-        if recipe.method == "export":
-            result = export_parts(loaded.model, specs, staging, precision=precision)
-            files = {p: e.file for p, e in result.parts.items()}
-        else:
-            source, source_info = _fp32_source(context, recipe, out_root, scratch, specs)
-            info.update(source_info)
-            files = {p: f"{p}.onnx" for p in specs}
-            feeds: dict[str, list[dict[str, NDArray[Any]]]] = {}
-            if recipe.method == "qdq":
-                fp32 = OrtParts(
-                    {p: source / f"{p}.onnx" for p in ("embedding", "decoder")}, OrtSessionConfig()
-                )
-                calibration = context.survey.calibration
-                feeds = {
-                    "decoder": decoder_prefill_feeds(fp32, loaded.spec, calibration),
-                    "suffix": suffix_calibration_feeds(fp32, loaded.spec, calibration),
-                }
-            quantized = build_int8_folder(source, staging, recipe, files, calibration=feeds)
-            shutil.rmtree(scratch, ignore_errors=True)
-            info["quantized_matmuls"] = len(quantized.quantized)
-            info["kept_matmuls"] = list(quantized.kept)
-            info["calibration_prompts"] = len(context.survey.calibration) if feeds else 0
-        if precision == "fp16":
-            ranges = activation_ranges(
-                loaded.model, [r.input_ids for r in context.survey.calibration]
-            )
-            extra["activation_range"] = ranges.to_json()
-    info["seconds"] = round(time.perf_counter() - started, 2)
-    verdict, report = _judge(context, staging, files, specs, precision, extra)
+        built = recipe.build(job)
+    info: dict[str, Any] = {
+        "recipe": recipe.description,
+        "kept_groups": list(recipe.keep) if isinstance(recipe, QuantizedRecipe) else [],
+        **built.info,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    verdict, report = _judge(job, recipe.cpu_refusal, built, precision)
     info["folder_bytes_before_manifest"] = sum(
-        p.stat().st_size for p in staging.iterdir() if p.is_file()
+        p.stat().st_size for p in job.staging.iterdir() if p.is_file()
     )
     validation = (report.to_json() if report is not None else {"parts": [], "chain": None}) | {
         "parts_within_tolerance": bool(report.passed) if report is not None else False,
         "passed": verdict.passed,
         "verdict": verdict.to_json(),
-        **extra,
+        **built.checks,
     }
     if report is not None:
-        (staging / "validation.txt").write_text(report.table() + "\n" + verdict.line() + "\n")
-    write_scoring_files(staging, loaded.spec, loaded.tokenizer)
+        (job.staging / "validation.txt").write_text(report.table() + "\n" + verdict.line() + "\n")
+    write_scoring_files(job.staging, loaded.spec, loaded.tokenizer)
     manifest = build_manifest(
-        staging,
+        job.staging,
         family=name,
         checkpoint_fingerprint=loaded.fingerprint,
         precision=precision,
         opset=OPSET,
-        exporter=EXPORTER + ("" if recipe.method == "export" else " + onnxruntime.quantization"),
-        specs=specs,
-        part_files=files,
+        exporter=EXPORTER + recipe.exporter_note,
+        specs=job.specs,
+        part_files=built.files,
         validation=validation,
         export=info,
     )
-    write_manifest(staging, manifest)
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
+    final = publish_engine(job.staging, folder / precision, manifest)
     size = sum(f.size for f in manifest.files)
     lines = (
         f"{name} {precision}: engine in {final} ({recipe.description})",
@@ -319,37 +317,26 @@ def build_precision_engine(
 
 
 def _judge(
-    context: FamilyContext,
-    staging: Path,
-    files: Mapping[str, str],
-    specs: Mapping[str, Any],
-    precision: Precision,
-    extra: Mapping[str, Any],
-) -> tuple[Verdict, Any]:
-    """Open the engine on onnxruntime CPU; validate parts and chain; judge the survey figures."""
+    job: PrecisionJob, cpu_refusal: str, built: BuiltParts, precision: Precision
+) -> tuple[Verdict, ValidationReport | None]:
+    """Open the engine on onnxruntime CPU; validate parts and chain; judge the survey figures
+    (`cvs_runtime.comparison`) against the precision's targets."""
     from cvs_export.validate import validate_engine
     from cvs_families.reference import pad_token_for
+    from cvs_runtime.comparison import compare_scores
     from cvs_runtime.ort_backend import OrtParts, OrtSessionConfig
     from cvs_runtime.scheduler import score_with_parts
 
-    loaded = context.loaded
-    refusals: list[str] = []
-    for part, file in files.items():
-        try:
-            OrtParts({part: staging / file}, OrtSessionConfig())
-        except Exception as error:  # onnxruntime raises its own classes (NotImplemented, Fail)
-            first = str(error).splitlines()[0]
-            reason = first.split(" failed:", 1)[-1].split("] : ", 2)[-1]
-            refusals.append(f"{part}: {reason[:240]}")
-    if refusals:
-        return not_run(precision, "onnxruntime CPU refuses " + " | ".join(refusals)), None
-    engine = OrtParts({p: staging / f for p, f in files.items()}, OrtSessionConfig())
-    report = validate_engine(loaded, engine, specs, precision, chain=True)
+    if cpu_refusal:
+        return not_run(precision, cpu_refusal), None
+    loaded = job.context.loaded
+    engine = OrtParts({p: job.staging / f for p, f in built.files.items()}, OrtSessionConfig())
+    report = validate_engine(loaded, engine, job.specs, precision, chain=True)
     got = score_with_parts(
-        engine, loaded.spec, context.survey.verdict, pad_token_id=pad_token_for(loaded)
+        engine, loaded.spec, job.context.survey.verdict, pad_token_id=pad_token_for(loaded)
     )
-    figures = distribution_figures(got, context.reference_scores())
-    overflow = extra.get("activation_range", {}).get("overflowing", [])
+    figures = compare_scores(got, job.context.reference_scores())
+    overflow = built.checks.get("activation_range", {}).get("overflowing", [])
     verdict = judge(
         precision,
         mean_js=figures.mean_js,

@@ -25,6 +25,7 @@ multiplied by it, which leaves the fp32 function unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -41,7 +42,7 @@ from numpy.typing import NDArray
 from onnx.external_data_helper import set_external_data
 from torch import nn
 
-from cvs_export.precision import KEEP_GROUPS, Recipe
+from cvs_export.precision import KEEP_GROUPS, QuantizedRecipe
 
 QUANTIZED_PARTS = ("decoder", "suffix")
 """The parts the int8 recipes quantize (the language model's two graphs)."""
@@ -131,81 +132,132 @@ class CalibrationFeeds:
         return (dict(f) for f in self.feeds)
 
 
+class _QuantizerChatter(logging.Filter):
+    """Drops records up to WARNING that onnxruntime.quantization's own files log."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING or not record.pathname.startswith(self.folder)
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """onnxruntime.quantization logs every node at INFO (and a warning per skipped node) through
+    the root logger: for the duration of one call, drop its records up to WARNING and raise its
+    named loggers to ERROR, leaving every other logger and the process's settings as they were."""
+    import onnxruntime.quantization
+
+    root = logging.getLogger()
+    named = logging.getLogger("onnxruntime.quantization")
+    chatter = _QuantizerChatter(str(Path(onnxruntime.quantization.__file__).parent))
+    previous = named.level
+    root.addFilter(chatter)
+    named.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeFilter(chatter)
+        named.setLevel(previous)
+
+
 def quantize_part(
     source: Path,
     staging: Path,
     part: str,
-    recipe: Recipe,
+    recipe: QuantizedRecipe,
     *,
     calibration: Sequence[Mapping[str, NDArray[Any]]] = (),
 ) -> QuantizedDecoder:
     """Quantize `source/<part>.onnx` by `recipe` into `staging/<part>.onnx` (+ its data)."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-
-    graph_path = source / f"{part}.onnx"
-    out_path = staging / f"{part}.onnx"
+    if recipe.needs_calibration and not calibration:
+        raise QuantizeError(f"{recipe.name}: static Q/DQ needs calibration prompts")
     # A loaded proto, not the path: given a path, onnxruntime writes its shape-inferred copy
     # beside the source graph, i.e. into the fp32 engine folder.
-    graph = onnx.load(str(graph_path))
+    graph = onnx.load(str(source / f"{part}.onnx"))
     matmuls = weight_matmuls(graph)
     excluded = kept_nodes(matmuls, recipe.keep)
     chosen = [n for n in matmuls if n not in excluded]
-    logging.disable(logging.WARNING)  # onnxruntime.quantization logs every node at INFO
-    try:
-        if recipe.method == "dynamic":
-            quantize_dynamic(
-                graph,
-                out_path,
-                op_types_to_quantize=["MatMul"],
-                per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
-                weight_type=QuantType.QInt8,
-                nodes_to_quantize=chosen,
-                use_external_data_format=True,
-                extra_options={"MatMulConstBOnly": True},
-            )
-        elif recipe.method == "weight-only":
-            _weight_only(graph, out_path, excluded, recipe.accuracy_level)
-        elif recipe.method == "qdq":
-            if not calibration:
-                raise QuantizeError(f"{recipe.name}: static Q/DQ needs calibration prompts")
-            quantize_static(
-                graph,
-                out_path,
-                CalibrationFeeds(calibration),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=["MatMul"],
-                per_channel=recipe.per_channel,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_quantize=chosen,
-                use_external_data_format=True,
-                calibrate_method=CalibrationMethod.MinMax,
-                extra_options={
-                    "ActivationSymmetric": True,
-                    "WeightSymmetric": True,
-                    "MatMulConstBOnly": True,
-                },
-            )
-        else:
-            raise QuantizeError(f"{recipe.name} is not an int8 recipe ({recipe.method})")
-    finally:
-        logging.disable(logging.NOTSET)
+    with quiet_quantizer():
+        recipe.quantize_graph(
+            graph,
+            staging / f"{part}.onnx",
+            chosen=chosen,
+            excluded=excluded,
+            calibration=calibration,
+        )
     return QuantizedDecoder(
         quantized=tuple(matmuls[n] for n in chosen),
         kept=tuple(matmuls[n] for n in excluded),
     )
 
 
-def _weight_only(
+def quantize_dynamic_graph(
+    graph: onnx.ModelProto,
+    out_path: Path,
+    chosen: Sequence[str],
+    *,
+    per_channel: bool,
+    reduce_range: bool,
+) -> None:
+    """Dynamic int8 MatMulInteger on the `chosen` weight MatMuls."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        graph,
+        out_path,
+        op_types_to_quantize=["MatMul"],
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=QuantType.QInt8,
+        nodes_to_quantize=list(chosen),
+        use_external_data_format=True,
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
+def quantize_qdq_graph(
+    graph: onnx.ModelProto,
+    out_path: Path,
+    chosen: Sequence[str],
+    calibration: Sequence[Mapping[str, NDArray[Any]]],
+    *,
+    per_channel: bool,
+) -> None:
+    """Static symmetric int8 Q/DQ on the `chosen` weight MatMuls, MinMax over `calibration`."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    quantize_static(
+        graph,
+        out_path,
+        CalibrationFeeds(calibration),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul"],
+        per_channel=per_channel,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_quantize=list(chosen),
+        use_external_data_format=True,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "MatMulConstBOnly": True,
+        },
+    )
+
+
+def quantize_weight_only_graph(
     graph: onnx.ModelProto, out_path: Path, excluded: Sequence[str], accuracy_level: int | None
 ) -> None:
+    """Weight-only 8-bit MatMulNBits on every weight MatMul but the `excluded` ones."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -280,7 +332,7 @@ def share_quantized_weights(staging: Path, parts: Sequence[str]) -> int:
 def build_int8_folder(
     source: Path,
     staging: Path,
-    recipe: Recipe,
+    recipe: QuantizedRecipe,
     parts: Mapping[str, str],
     *,
     calibration: Mapping[str, Sequence[Mapping[str, NDArray[Any]]]] | None = None,

@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvs_families.checkpoint_facts import ANSWER_PREFIX, LETTERS
 from cvs_families.engine_tokenizer import EngineTokenizer, special_tokens_config
+from cvs_families.prompt_text import ANSWER_PREFIX, LETTERS
 from cvs_families.scoring_files import (
     CHAT_TEMPLATE_FILE,
     FACTS_FILE,

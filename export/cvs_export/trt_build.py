@@ -8,12 +8,8 @@ TensorRT needs, for every dynamic input, an optimization profile: the smallest, 
   from flags, opt from flags or half the max. `total` is not a free axis: at each of the three
   points it is `past + seq` (the vocabulary's definition), so every profile point is a shape the
   graph can really run, which TensorRT checks when it builds.
-- `ranges_from_budget`: the largest batch (or tile count) whose engine fits a memory budget: the
-  engine's weights at its precision, plus every input and output at the max shape (computed
-  exactly from the spec), plus a share reserved for TensorRT's activations (its workspace
-  limit; the activation memory of the built engine is checked against it afterwards).
-- `decoder_phase_ranges`: two profiles for a decoder with a cache, prefill (empty cache, long
-  sequence) and continuation (full cache, short suffix), so neither is tuned for the other.
+- A part may have several profiles (`TrtBuildOptions.profiles`, e.g. a decoder's prefill and
+  continuation); the runtime picks the first that holds a call's shapes.
 
 `build_trt_engine` then checks every graph against TensorRT's operator list (`trt_ops`), parses
 it, builds with the precision's flags (fp16, bf16, int8 from a symmetric Q/DQ export) and a
@@ -26,8 +22,6 @@ TensorRT and cuda-python are imported only inside the build; everything else her
 
 from __future__ import annotations
 
-import math
-import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +33,7 @@ import onnx
 
 from cvs_export.parts import AXES, PartSpec, Precision
 from cvs_export.trt_ops import check_graph_file, enforce_supported
-from cvs_runtime.engine_manifest import EngineManifest, check_engine
+from cvs_runtime.engine_manifest import EngineManifest, verified_engine
 from cvs_runtime.trt_backend import (
     MANIFEST_KEY,
     CudaRuntime,
@@ -62,14 +56,6 @@ SOURCE_PRECISION: dict[TrtPrecision, str] = {
 }
 """The ONNX engine each TensorRT precision is built from: the fp32 export (TensorRT lowers it),
 or for int8 the symmetric Q/DQ export."""
-WEIGHT_BYTES_PER_FP32_BYTE: dict[TrtPrecision, float] = {
-    "fp32": 1,
-    "fp16": 0.5,
-    "bf16": 0.5,
-    "int8": 1,
-}
-"""Engine weight bytes per byte of the source graph's initializers (a Q/DQ graph already
-stores its weights as int8)."""
 VALIDATION_PRECISION: dict[TrtPrecision, Precision] = {
     "fp32": "fp32",
     "fp16": "fp16",
@@ -87,15 +73,11 @@ DEFAULT_MAXIMA: dict[str, int] = {
     "prefix": 4096,
     "k": 1,
 }
-"""Profile maxima when no flag or budget gives them: 5 anyres tiles, a 4k context."""
+"""Profile maxima when no flag gives them: 5 anyres tiles, a 4k context."""
 
 
 class ProfileError(ValueError):
     """Profile limits that contradict the axis vocabulary or a graph's inputs."""
-
-
-class BudgetError(ValueError):
-    """A memory budget too small for even the smallest shapes, or exceeded by the build."""
 
 
 class TrtBuildError(RuntimeError):
@@ -171,18 +153,6 @@ def axis_ranges(
     return ranges
 
 
-def ranges_covering(
-    spec: PartSpec, points: Sequence[Mapping[str, int]], optima: Mapping[str, int] | None = None
-) -> dict[str, AxisRange]:
-    """The ranges from the vocabulary minima up to the largest size each axis takes in
-    `points` (e.g. a spec's check sizes and the shapes a validation run uses)."""
-    maxima: dict[str, int] = {}
-    for point in points:
-        for axis in free_axes(spec):
-            maxima[axis] = max(maxima.get(axis, AXES[axis].min), int(point[axis]))
-    return axis_ranges(spec, maxima, optima)
-
-
 def profile_for(spec: PartSpec, ranges: Mapping[str, AxisRange]) -> Profile:
     """The input shapes of `spec` at the min, opt and max points of `ranges`."""
     if set(ranges) != set(free_axes(spec)):
@@ -203,34 +173,6 @@ def profile_for(spec: PartSpec, ranges: Mapping[str, AxisRange]) -> Profile:
         for t in spec.inputs
     }
     return Profile(spec.name, (low, opt, high), shapes)
-
-
-def decoder_phase_ranges(
-    spec: PartSpec,
-    *,
-    max_batch: int,
-    max_context: int,
-    max_suffix: int,
-    max_k: int = 1,
-    prefill_batch: int = 1,
-) -> list[dict[str, AxisRange]]:
-    """Two profiles for a decoder with a cache: prefill (empty cache, up to `max_context` new
-    tokens, `prefill_batch` prompts) and continuation (a cache of up to `max_context` − 1
-    tokens, `max_suffix` new ones, `max_batch` rows)."""
-    if "past" not in free_axes(spec):
-        raise ProfileError(f"part {spec.name} has no cache axis: one profile is enough")
-    if max_context < 2 or max_suffix < 1:
-        raise ProfileError("need max_context ≥ 2 and max_suffix ≥ 1")
-    prefill = axis_ranges(
-        spec,
-        {"batch": prefill_batch, "seq": max_context, "past": 0, "k": max_k},
-        {"batch": prefill_batch, "seq": max(1, max_context // 2), "past": 0, "k": 1},
-    )
-    continuation = {
-        **axis_ranges(spec, {"batch": max_batch, "seq": max_suffix, "past": 0, "k": max_k}),
-        "past": AxisRange(1, max(1, (max_context - 1) // 2), max_context - 1),
-    }
-    return [prefill, continuation]
 
 
 def graph_input_dims(path: Path) -> dict[str, tuple[int | None, ...]]:
@@ -270,113 +212,6 @@ def check_profile_dims(profile: Profile, dims: Mapping[str, Sequence[int | None]
                     )
 
 
-# ---------------------------------------------------------------------------------- budget
-
-
-def io_bytes(spec: PartSpec, sizes: Mapping[str, int], float_bytes: int = 4) -> int:
-    """Bytes of every input and output of `spec` at axis `sizes` (int64 ids: 8 bytes)."""
-    point = dict(sizes)
-    for axis, (a, b) in DERIVED_AXES.items():
-        if a in point and b in point and axis not in point:
-            point[axis] = point[a] + point[b]
-    return sum(
-        math.prod(t.concrete_shape(point)) * (float_bytes if t.dtype == "float" else 8)
-        for t in (*spec.inputs, *spec.outputs)
-    )
-
-
-def graph_weight_bytes(path: Path) -> int:
-    """Bytes of a graph's initializers (external ones by their recorded length)."""
-    model = onnx.load(str(path), load_external_data=False)
-    total = 0
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            entries = {e.key: e.value for e in tensor.external_data}
-            total += int(entries.get("length", 0))
-        else:
-            total += len(onnx.numpy_helper.to_array(tensor).tobytes())
-    return total
-
-
-@dataclass(frozen=True)
-class BudgetPlan:
-    """Profile ranges chosen to fit a memory budget, and the arithmetic behind them."""
-
-    ranges: dict[str, AxisRange]
-    """The ranges (the grown axis at the largest size that fits)."""
-    grown_axis: str
-    """The axis the budget decided (batch, or tiles for a vision part)."""
-    budget_bytes: int
-    """The budget for this part's engine."""
-    weight_bytes: int
-    """Weights at the engine's precision."""
-    io_bytes: int
-    """Inputs and outputs at the max point."""
-    activation_bytes: int
-    """Reserved for TensorRT's activations (its workspace limit)."""
-
-
-def ranges_from_budget(
-    spec: PartSpec,
-    budget_bytes: int,
-    *,
-    maxima: Mapping[str, int],
-    weight_bytes: int,
-    float_bytes: int = 4,
-    activation_share: float = 0.5,
-    grow: str | None = None,
-    optima: Mapping[str, int] | None = None,
-) -> BudgetPlan:
-    """The largest `grow` axis (default batch, else tiles) whose engine fits `budget_bytes`:
-    weights + inputs/outputs at the max point ≤ budget − the activation share of what the
-    weights leave. The other axes' maxima come from `maxima`."""
-    axes = free_axes(spec)
-    axis = grow or ("batch" if "batch" in axes else "tiles" if "tiles" in axes else None)
-    if axis is None or axis not in axes:
-        raise BudgetError(f"part {spec.name}: no axis {grow or 'batch/tiles'} to size by budget")
-    if not 0 <= activation_share < 1:
-        raise BudgetError(f"activation_share {activation_share} must be in [0, 1)")
-    free = budget_bytes - weight_bytes
-    reserve = int(free * activation_share)
-    room = free - reserve
-    fixed = {a: int(maxima[a]) for a in axes if a != axis and a in maxima}
-
-    def needed(size: int) -> int:
-        return io_bytes(spec, {**fixed, axis: size}, float_bytes)
-
-    smallest = max(AXES[axis].min, 1)
-    missing = [a for a in axes if a != axis and a not in fixed]
-    if missing:
-        raise BudgetError(f"part {spec.name}: no maximum for axes {missing}")
-    if free <= 0 or needed(smallest) > room:
-        raise BudgetError(
-            f"part {spec.name}: budget {budget_bytes / 2**20:.1f} MiB is too small: weights "
-            f"{weight_bytes / 2**20:.1f} MiB + one {axis}'s inputs/outputs "
-            f"{needed(smallest) / 2**20:.1f} MiB + activation share {activation_share:.0%}"
-        )
-    low, high = smallest, smallest
-    while needed(high * 2) <= room:  # exponential search, then bisection
-        low, high = high * 2, high * 2
-    high = high * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if needed(middle) <= room else (low, middle)
-    ranges = axis_ranges(spec, {**fixed, axis: low}, optima)
-    return BudgetPlan(
-        ranges=ranges,
-        grown_axis=axis,
-        budget_bytes=budget_bytes,
-        weight_bytes=weight_bytes,
-        io_bytes=needed(low),
-        activation_bytes=reserve,
-    )
-
-
-def engine_weight_bytes(path: Path, precision: TrtPrecision) -> int:
-    """Weight bytes a TensorRT engine of `precision` built from the graph at `path` holds."""
-    return int(graph_weight_bytes(path) * WEIGHT_BYTES_PER_FP32_BYTE[precision])
-
-
 # ----------------------------------------------------------------------------------- build
 
 
@@ -396,9 +231,6 @@ class TrtBuildOptions:
     """Builder optimisation level 0–5 (None: TensorRT's default, 3)."""
     device: int = 0
     """CUDA device to build on."""
-    activation_limits: Mapping[str, int] = field(default_factory=dict)
-    """Per part, the most activation memory the built engine may need (a budget's reserve,
-    `BudgetPlan.activation_bytes`); a larger engine is refused."""
 
 
 @dataclass(frozen=True)
@@ -422,12 +254,6 @@ def profiles_for(
         ranges = options.profiles.get(name) or [axis_ranges(spec, DEFAULT_MAXIMA)]
         chosen[name] = [profile_for(spec, r) for r in ranges]
     return chosen
-
-
-def timing_cache_path(root: Path, tensorrt_version: str, gpu_name: str) -> Path:
-    """A timing cache file per TensorRT version and GPU model under `root`."""
-    label = re.sub(r"[^A-Za-z0-9.]+", "-", f"{tensorrt_version}-{gpu_name}").strip("-")
-    return Path(root) / f"timing-{label}.cache"
 
 
 def _build_plan(
@@ -495,18 +321,6 @@ def _build_plans(
     return seconds
 
 
-def _check_activation_memory(memory: Mapping[str, int], limits: Mapping[str, int]) -> None:
-    """BudgetError when a built part needs more activation memory than its budget reserved."""
-    over = {p: m for p, m in memory.items() if m > limits.get(p, m)}
-    if over:
-        raise BudgetError(
-            "activation memory over the budget's reserve: "
-            + ", ".join(
-                f"{p} {m / 2**20:.1f} MiB > {limits[p] / 2**20:.1f} MiB" for p, m in over.items()
-            )
-        )
-
-
 def build_trt_engine(
     source: Path,
     specs: Mapping[str, PartSpec],
@@ -525,7 +339,7 @@ def build_trt_engine(
             f"{options.precision} engines can be built but not validated yet: the part specs "
             "state no tolerance for it"
         )
-    manifest = check_engine(source, precision=SOURCE_PRECISION[options.precision])
+    manifest, _ = verified_engine(source, precision=SOURCE_PRECISION[options.precision])
     if manifest.checkpoint_fingerprint != loaded.fingerprint:
         raise TrtBuildError(f"{source}: exported from another checkpoint than the one loaded")
     files = {part: Path(source) / record.file for part, record in manifest.parts.items()}
@@ -543,7 +357,6 @@ def build_trt_engine(
     runner = TrtParts({p: staging / f"{p}.plan" for p in files}, device=options.device)
     try:
         memory = runner.activation_bytes()
-        _check_activation_memory(memory, options.activation_limits)
         report = validate_engine(loaded, runner, specs, VALIDATION_PRECISION[options.precision])
     finally:
         runner.close()

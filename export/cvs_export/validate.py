@@ -14,8 +14,8 @@ Two levels, both failing loudly:
   |Δ log-prob| within 1e-4 at fp32, plus Jensen–Shannon distance and top-1 agreement.
 
 A failure raises `ParityError` carrying a table of max/mean differences per output; it is never
-a warning. Random-normal dummies inflate differences tenfold (NOTES.md §3); they are used only
-to trace.
+a warning. Random-normal dummies inflate differences tenfold against the model's own inputs;
+they are used only to trace.
 """
 
 from __future__ import annotations
@@ -27,18 +27,19 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from scipy.spatial.distance import jensenshannon
 
 from cvs_export.llava_next import part_module
 from cvs_export.parts import PartSpec, Precision, Tolerance, ToleranceClass, tolerance_class
-from cvs_families.checkpoint import ANSWER_PREFIX, LoadedModel, letter_token_ids
+from cvs_families import prompt_text
+from cvs_families.checkpoint import LoadedModel, letter_token_ids
 from cvs_families.reference import ReferenceScorer, pad_token_for
+from cvs_families.requests import ScoringRequest
+from cvs_families.scores import OptionScores
 from cvs_families.spec import FamilySpec, PreparedImage
 from cvs_runtime.chain import embed_requests, empty_cache, run_prefix, shared_prefix_length
+from cvs_runtime.comparison import compare_scores
 from cvs_runtime.parts import PartRunner, past_from_present
-from cvs_runtime.requests import ScoringRequest
 from cvs_runtime.scheduler import score_with_parts
-from cvs_runtime.scores import OptionScores
 
 CHAIN_TOLERANCES: Mapping[ToleranceClass, float] = {
     "fp32": 1e-4,
@@ -68,12 +69,10 @@ QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("Very happy", "Rather happy", "Not very happy", "Not at all happy", "Don't know"),
     ),
 )
-"""Survey-style questions (our wording) the validation prompts ask."""
-PERSONA_TEXT = "Imagine you are a person who lives in Brazil and answer as they would."
-PERSONA_IMAGE = (
-    "Look at the image and think about which country it comes from. Answer as a typical person "
-    "from that country would."
-)
+"""Survey-style questions the validation prompts ask, in the survey prompts' wording
+(`cvs_families.prompt_text`)."""
+PERSONA_TEXT = prompt_text.PERSONA_TEXT.format(country="Brazil")
+PERSONA_IMAGE = prompt_text.PERSONA_IMAGE.format(cue=prompt_text.DEFAULT_CUE)
 IMAGE_SIZES: tuple[tuple[int, int], ...] = ((60, 110), (150, 64))
 """(height, width) of the two validation images, relative to a 42 px tile; scaled by the
 family's tile size. Their aspect ratios pick different anyres grids."""
@@ -261,9 +260,14 @@ def validation_image(height: int, width: int, seed: int) -> NDArray[np.uint8]:
 def render_prompt(
     loaded: LoadedModel, persona: str, question: str, options: Sequence[str], image: bool
 ) -> NDArray[np.int64]:
-    """Token ids of one survey prompt in the family's chat template, ending before the letter."""
-    lettered = "\n".join(f"({chr(65 + i)}) {o}" for i, o in enumerate(options))
-    text = f"{persona}\n\nQuestion: {question}\nOptions:\n{lettered}\nAnswer with one letter."
+    """Token ids of one survey prompt in the family's chat template, ending before the letter:
+    the survey's wording (persona, rules, question, lettered options, answer prefix)."""
+    lettered = "\n".join(
+        prompt_text.OPTION_LINE.format(letter=letter, label=label)
+        for letter, label in zip(prompt_text.LETTERS[: len(options)], options, strict=True)
+    )
+    body = prompt_text.QUESTION_BODY.format(question=question, options=lettered)
+    text = f"{persona} {prompt_text.RULES}{prompt_text.QUESTION_LEAD}{body}"
     content: list[dict[str, str]] = [{"type": "image"}] if image else []
     content.append({"type": "text", "text": text})
     rendered = loaded.tokenizer.apply_chat_template(
@@ -272,8 +276,9 @@ def render_prompt(
         tokenize=False,
         add_generation_prompt=True,
     )
-    joiner = "" if rendered.endswith((" ", "\n")) else " "
-    ids = loaded.tokenizer(rendered + joiner + ANSWER_PREFIX, add_special_tokens=False).input_ids
+    joiner = "" if rendered[-1:].isspace() else " "
+    answer = rendered + joiner + prompt_text.ANSWER_PREFIX
+    ids = loaded.tokenizer(answer, add_special_tokens=False).input_ids
     return np.asarray(ids, dtype=np.int64)
 
 
@@ -358,42 +363,19 @@ class TorchParts:
         return {name: named[name] for name in (outputs or spec.output_names)}
 
 
-def js_distance(p: NDArray[np.float64], q: NDArray[np.float64]) -> float:
-    """Jensen–Shannon distance (natural log), 0 where rounding makes the divergence negative;
-    NaN inputs give NaN."""
-    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
-        return float("nan")
-    with np.errstate(invalid="ignore"):
-        value = float(jensenshannon(p, q))
-    return 0.0 if np.isnan(value) else value
-
-
 def compare_chain(
     engine: Sequence[OptionScores], reference: Sequence[OptionScores], tolerance: float
 ) -> ChainComparison:
     """Option log-prob differences, JS distances and top-1 agreement of two score lists."""
-    diffs = [
-        np.abs(e.option_logprobs - r.option_logprobs)
-        for e, r in zip(engine, reference, strict=True)
-    ]
-    flat = np.concatenate(diffs)
-    flat = np.where(np.isfinite(flat), flat, np.inf)
-    js = [
-        js_distance(e.distribution, r.distribution) for e, r in zip(engine, reference, strict=True)
-    ]
-    agree = [
-        int(np.argmax(e.option_logprobs)) == int(np.argmax(r.option_logprobs))
-        for e, r in zip(engine, reference, strict=True)
-    ]
-    worst = float(flat.max())
+    agreement = compare_scores(engine, reference)
     return ChainComparison(
-        requests=len(engine),
-        max_logprob_diff=worst,
-        mean_logprob_diff=float(flat.mean()),
-        max_js_distance=float(np.max(js)),
-        top1_agreement=float(np.mean(agree)),
+        requests=agreement.requests,
+        max_logprob_diff=agreement.max_logprob_diff,
+        mean_logprob_diff=agreement.mean_logprob_diff,
+        max_js_distance=agreement.max_js,
+        top1_agreement=agreement.top1,
         tolerance=tolerance,
-        passed=bool(worst <= tolerance),
+        passed=bool(agreement.max_logprob_diff <= tolerance),
     )
 
 

@@ -40,9 +40,7 @@ from typing import Any
 import torch
 
 from cvs_families.checkpoint_facts import (
-    ANSWER_PREFIX,
     FINGERPRINT_FILES,
-    LETTERS,
     CheckpointError,
     checkpoint_fingerprint,
     letter_token_ids,
@@ -444,9 +442,7 @@ def load_tokenizer(spec: FamilySpec, path: Path) -> Any:
 
 
 __all__ = [
-    "ANSWER_PREFIX",
     "FINGERPRINT_FILES",
-    "LETTERS",
     "CheckpointError",
     "LoadedModel",
     "check_checkpoint_folder",

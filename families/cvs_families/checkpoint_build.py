@@ -22,13 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cvs_families.checkpoint import (
-    ANSWER_PREFIX,
-    LETTERS,
-    CheckpointError,
-    letter_token_ids,
-    quiet_transformers,
-)
+from cvs_families.checkpoint import CheckpointError, letter_token_ids, quiet_transformers
+from cvs_families.prompt_text import LETTERS
 from cvs_families.spec import FamilySpec, config_to_dict
 
 
@@ -79,6 +74,14 @@ CALIBRATION_PERSONAS = (
     "",
 )
 """Persona wordings of the calibration prompts: the letters must not depend on them."""
+CALIBRATION_ANSWER_PREFIX = "If I had to choose, my answer would be ("
+"""Where the calibration prompts end, right before the letter. Part of the build recipe, not the
+survey's wording (`cvs_families.prompt_text.ANSWER_PREFIX`): the tiny checkpoints' letter rows
+were calibrated at it, and changing it changes every tiny checkpoint and its fingerprint. Both
+end in "(" before the letter; the letters' token ids are checked at the survey's prefix."""
+CALIBRATED_LETTERS = 16
+"""Option letters whose output rows are calibrated (A…P: one token each after "(" in every
+tiny tokenizer; a WVS question has at most 10 options)."""
 
 
 def is_calibration_variable(variable: str) -> bool:
@@ -110,7 +113,7 @@ def calibration_prompts(tokenizer: Any, seed: int, count: int) -> list[tuple[int
             messages, tokenize=False, add_generation_prompt=True
         )
         style = (index % len(CALIBRATION_PERSONAS)) * 2 + wording
-        prompts.append((style, f"{rendered} {ANSWER_PREFIX}"))
+        prompts.append((style, f"{rendered} {CALIBRATION_ANSWER_PREFIX}"))
     return prompts
 
 
@@ -198,7 +201,7 @@ def build_tiny_checkpoint(spec: FamilySpec, out_dir: Path) -> None:
     with torch.no_grad():  # sharper attention: the answer depends on particular words
         for layer in model.model.language_model.layers:
             layer.self_attn.q_proj.weight *= float(spec.build.init["query_gain"])
-    letter_ids = letter_token_ids(tokenizer, len(LETTERS))
+    letter_ids = letter_token_ids(tokenizer, CALIBRATED_LETTERS)
     prompts = calibration_prompts(
         tokenizer, spec.build.seed, count=int(spec.build.init["calibration_prompts"])
     )

@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvs_families.paths import cache_dir
+from cvs_families.prompt_text import ANSWER_PREFIX, LETTERS
 
 if TYPE_CHECKING:
     from cvs_families.spec import FamilySpec
 
-ANSWER_PREFIX = "If I had to choose, my answer would be ("
-"""The answer position letters are checked in (the prompt ends right before the letter)."""
-LETTERS = "ABCDEFGHIJKLMNOP"
-"""Option letters in order."""
 FINGERPRINT_FILES = (
     "config.json",
     "tokenizer.json",
@@ -74,7 +71,8 @@ def checkpoint_fingerprint(path: Path) -> str:
 
 
 def letter_token_ids(tokenizer: Any, n: int, answer_prefix: str = ANSWER_PREFIX) -> list[int]:
-    """Token ids of the first `n` option letters in the answer position (after "(").
+    """Token ids of the first `n` option letters at the survey prompt's answer position (right
+    after `ANSWER_PREFIX`'s "(").
 
     Raises CheckpointError when a letter is not exactly one token there (the prompt could not
     end right before it).

@@ -5,7 +5,7 @@ It runs the Hugging Face model's own forward (`LlavaNextModel` with `pixel_value
 rather than against a copy of itself. Around it only what the HF processor and `generate` do:
 the one image placeholder of a request expanded to `spec.num_image_tokens(h, w)` copies, tiles of
 a batch zero-padded to the batch's most tiles, left padding with explicit
-`position_ids = cumsum(mask) − 1` (NOTES.md §3). A batch may mix anyres grids and text items.
+`position_ids = cumsum(mask) − 1`. A batch may mix anyres grids and text items.
 
 Batch invariance by construction. Padding every prompt to the batch's longest moves its tokens
 against the kernels' blocking, which at fp32 changed option log-probs by up to 2.1e-5 on `smol`
@@ -16,9 +16,9 @@ GEMM path than an eight-row one). A prompt then sees the same computation whatev
 option log-probs agree to ~1e-14 across batch sizes and orders (measured).
 
 Per item the full-vocabulary log-softmax at the answer position is reduced in float64 to
-`OptionScores`; `score_items` adds the raw-mass rule. `score_split` scores a request through a
-key/value cache of its group prefix (what a prefix cache does), and `score_continuations` sums
-the log-likelihood of candidate continuations (country screening). Imports torch: import this
+`OptionScores`; `score_items` adds the raw-mass rule; `score_continuations` sums the
+log-likelihood of candidate continuations (country screening) through a key/value cache of the
+prompt. Imports torch: import this
 module lazily.
 """
 
@@ -34,8 +34,8 @@ import torch
 from numpy.typing import NDArray
 
 from cvs_families.checkpoint import pad_token_id
-from cvs_runtime.requests import MASS_THRESHOLD, ScoredItem, ScoringRequest, judge_option_mass
-from cvs_runtime.scores import OptionScores, option_scores_from_logits
+from cvs_families.requests import MASS_THRESHOLD, ScoredItem, ScoringRequest, judge_option_mass
+from cvs_families.scores import OptionScores, option_scores_from_logits
 
 if TYPE_CHECKING:
     from cvs_families.checkpoint import LoadedModel
@@ -255,35 +255,6 @@ class ReferenceScorer:
             judge_option_mass(scores, request.option_token_ids, threshold)
             for scores, request in zip(self.score(requests), requests, strict=True)
         ]
-
-    def score_split(
-        self, request: ScoringRequest, split: int, *, suffix_start: int | None = None
-    ) -> OptionScores:
-        """Score one request as a prefix cache does: tokens [0, split) (with the image) run
-        once into a key/value cache, then tokens [suffix_start, end) on top of it, with the
-        same left padding `score` gives the whole prompt (so the two agree to rounding).
-        `suffix_start` defaults to `split`; any other value is a deliberately wrong split, for
-        tests that must see parity fail."""
-        ids = np.asarray(request.input_ids)
-        start = split if suffix_start is None else suffix_start
-        if not 0 < split <= ids.shape[0] or not 0 <= start <= ids.shape[0]:
-            raise ValueError(f"split {split} / suffix start {start} outside 1..{ids.shape[0]}")
-        if np.any(ids[start:] == self.spec.image_token_id):
-            raise ValueError("the image placeholder must lie in the prefix")
-        prefix = ScoringRequest(
-            input_ids=ids[:split].astype(np.int64),
-            image=request.image,
-            option_token_ids=request.option_token_ids,
-            group_key=request.group_key,
-        )
-        whole = self.expanded_length(request)
-        pads = padded_length(whole, self.pad_multiple) - whole
-        cache, prefix_logits, past_mask = self._prefix_cache(prefix, pads)
-        suffix = torch.from_numpy(ids[start:].astype(np.int64))[None]  # (1, suffix)
-        if suffix.shape[1] == 0:
-            return option_scores_from_logits(prefix_logits.numpy(), request.option_token_ids)
-        logits = self._extend(cache, past_mask, suffix)  # (1, suffix, vocab)
-        return option_scores_from_logits(logits[0, -1].numpy(), request.option_token_ids)
 
     def score_continuations(
         self, requests: Sequence[ScoringRequest], continuations: Sequence[Sequence[int]]

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from cvs_families.requests import ScoringRequest
+from cvs_families.scores import OptionScores, option_scores_from_logits
 from cvs_runtime.parts import (
     PAST_PREFIX,
     PartRunner,
@@ -28,8 +30,6 @@ from cvs_runtime.parts import (
     past_from_present,
     shared_prefix_from_present,
 )
-from cvs_runtime.requests import ScoringRequest
-from cvs_runtime.scores import OptionScores, option_scores_from_logits
 
 if TYPE_CHECKING:
     from cvs_families.spec import FamilySpec, PreparedImage

@@ -253,34 +253,6 @@ def read_manifest(folder: Path, *, require_seal: bool = True) -> EngineManifest:
     return EngineManifest.from_json(path.read_text(), source=path, require_seal=require_seal)
 
 
-def check_engine(
-    folder: Path,
-    *,
-    family: str | None = None,
-    precision: str | None = None,
-    checkpoint_fingerprint: str | None = None,
-    allow_failed_verdict: bool = False,
-    verify: str = "cached",
-) -> EngineManifest:
-    """Load-time check: the manifest matches what is asked and no file changed (size and mtime,
-    then content as `verify` says: `always`, `cached` or `off`; cvs_runtime.verification).
-
-    Raises EngineMismatch naming the first field that differs. A lower-precision engine whose
-    accuracy verdict failed (or that could not be run where it was built) is refused unless
-    `allow_failed_verdict`; an engine whose validation failed without a verdict (fp32) always is.
-    `verified_engine` does the same and also returns what the content check did.
-    """
-    manifest, _ = verified_engine(
-        folder,
-        family=family,
-        precision=precision,
-        checkpoint_fingerprint=checkpoint_fingerprint,
-        allow_failed_verdict=allow_failed_verdict,
-        verify=verify,
-    )
-    return manifest
-
-
 def verified_engine(
     folder: Path,
     *,
@@ -291,7 +263,7 @@ def verified_engine(
     verify: str = "cached",
     verify_progress: Progress | None = None,
 ) -> tuple[EngineManifest, VerificationReport]:
-    """`check_engine`, returning the manifest and the content check's report (files hashed,
+    """The load-time check, returning the manifest and the content check's report (files hashed,
     taken from the verification record, bytes, seconds). The cheap checks (manifest seal,
     fields, sizes, mtimes) all run before any file is hashed; `verify_progress` is called with
     (bytes hashed, bytes to hash) while hashing."""

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from cvs_families.requests import ScoringRequest
+from cvs_families.scores import OptionScores, option_scores_from_logits
 from cvs_runtime.budgets import (
     BudgetError,
     Budgets,
@@ -58,8 +60,6 @@ from cvs_runtime.chain import (
     suffix_width,
 )
 from cvs_runtime.parts import PartRunner
-from cvs_runtime.requests import ScoringRequest
-from cvs_runtime.scores import OptionScores, option_scores_from_logits
 
 if TYPE_CHECKING:
     from cvs_families.spec import FamilySpec, PreparedImage

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cvs_runtime.engine_manifest import EngineManifest, EngineMismatch, check_engine
+from cvs_runtime.engine_manifest import EngineManifest, EngineMismatch, verified_engine
 from cvs_runtime.errors import TensorRTUnavailable
 from cvs_runtime.parts import PartError, check_feeds, check_part, select_outputs
 from cvs_runtime.verification import VerificationReport, verify_engine_files
@@ -170,7 +170,7 @@ def _checked_trt_engine(
     verify: str,
     **checks: Any,
 ) -> tuple[EngineManifest, TensorRTRecord, VerificationReport]:
-    manifest = check_engine(folder, verify="off", **checks)
+    manifest, _ = verified_engine(folder, verify="off", **checks)
     record = tensorrt_record(manifest, folder)
     check_tensorrt_record(record, tensorrt_version=tensorrt_version, gpu=gpu, folder=folder)
     return manifest, record, verify_engine_files(Path(folder), manifest, verify)

@@ -13,7 +13,6 @@ from cvs_evaluator.aggregate import (
     ALL_SECTIONS,
     bootstrap_section_means,
     marginal_similarities,
-    percent_change,
     permutation_tests,
     question_similarities,
     section_means,
@@ -187,39 +186,37 @@ def test_aggregates_reject_a_table_without_similarity() -> None:
 # --- percent change --------------------------------------------------------------------------
 
 
-def test_percent_change_per_country_and_overall() -> None:
-    result = percent_change(question_table(), SECTION_OF, "text", "image")
+def test_paired_change_per_country_and_overall() -> None:
+    # The report's change table (reports.paired): the change of the means over paired questions.
+    from cvs_evaluator.reports.paired import paired_changes
+
+    result = paired_changes(question_table(), SECTION_OF, "text", "image")
     a_s1 = lookup(result, country="A", section="S1")
-    assert a_s1["similarity_a"] == pytest.approx(0.65, abs=1e-12)
-    assert a_s1["similarity_b"] == pytest.approx(0.645, abs=1e-12)
+    assert a_s1["mean_a"] == pytest.approx(0.65, abs=1e-12)
+    assert a_s1["mean_b"] == pytest.approx(0.645, abs=1e-12)
     assert a_s1["percent_change"] == pytest.approx((0.645 - 0.65) / 0.65 * 100, abs=1e-9)
     assert (a_s1["condition_a"], a_s1["condition_b"]) == ("text", "image")
     # B's Q3 has no image score: B's "all" compares Q1 and Q2 only, and counts Q3 as unpaired.
     b_all = lookup(result, country="B", section=ALL_SECTIONS)
-    assert b_all["similarity_a"] == pytest.approx(0.7, abs=1e-12)
-    assert b_all["similarity_b"] == pytest.approx(0.72, abs=1e-12)
+    assert b_all["mean_a"] == pytest.approx(0.7, abs=1e-12)
+    assert b_all["mean_b"] == pytest.approx(0.72, abs=1e-12)
     assert b_all["percent_change"] == pytest.approx((0.72 - 0.7) / 0.7 * 100, abs=1e-9)
     assert (b_all["n_pairs"], b_all["n_unpaired"]) == (2, 1)
     assert lookup(result, country="A", section=ALL_SECTIONS)["n_unpaired"] == 0
     assert result.loc[(result["country"] == "B") & (result["section"] == "S2")].empty
 
 
-def test_percent_change_by_income_group() -> None:
-    result = percent_change(question_table(), SECTION_OF, "text", "image", income_of=INCOME_OF)
+def test_paired_change_by_income_group() -> None:
+    from cvs_evaluator.reports.paired import paired_changes
+
+    result = paired_changes(
+        question_table(), SECTION_OF, "text", "image", group_of=INCOME_OF, group="income_group"
+    )
     high = lookup(result, income_group="High", section="S2")
     a, b = (0.8 + 0.5) / 2, (0.88 + 0.6) / 2
     assert high["percent_change"] == pytest.approx((b - a) / a * 100, abs=1e-9)
-    assert (high["n_pairs"], high["n_countries"], high["n_left_out"]) == (2, 2, 1)
-
-
-def test_percent_change_rejects_one_condition_twice() -> None:
-    with pytest.raises(ValueError, match="two different conditions"):
-        percent_change(question_table(), SECTION_OF, "text", "text")
-
-
-def test_percent_change_rejects_an_unknown_condition() -> None:
-    with pytest.raises(ValueError, match="no rows for condition 'image\\+country'"):
-        percent_change(question_table(), SECTION_OF, "text", "image+country")
+    assert (high["n_pairs"], high["n_countries"]) == (2, 2)
+    assert "C" not in set(result["income_group"])  # unclassified: left out
 
 
 # --- permutation test ------------------------------------------------------------------------

@@ -15,9 +15,9 @@ from cvs_evaluator.metrics import similarity
 from cvs_evaluator.questions import QuestionBank, load_question_bank
 from cvs_evaluator.results import ResultStore
 from cvs_families.registry import get_family
+from cvs_families.requests import ScoredItem, ScoringRequest, judge_option_mass
+from cvs_families.scores import option_scores_from_logits
 from cvs_families.spec import FamilySpec
-from cvs_runtime.requests import ScoredItem, ScoringRequest, judge_option_mass
-from cvs_runtime.scores import option_scores_from_logits
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,14 @@
-"""compare's figures against a hand computation (JS via scipy) on a small fixture, and the
-survey prompts the export stage calibrates and judges with."""
+"""Two engines' result rows compared: figures against a hand computation (JS via scipy) on a
+small fixture."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from cvs_evaluator.precision_compare import Comparison, compare_rows, comparison_table
+from cvs_evaluator.precision_compare import Comparison, compare_rows
 
 # Two countries, three questions in two sections; B differs from A on some items.
 HUMAN = {
@@ -124,38 +122,3 @@ def test_no_common_item_is_an_error() -> None:
 def test_identical_engines_compare_as_zero() -> None:
     same = compare_rows(_rows(A), _rows(A), _shares(), SECTION_OF)
     assert same.mean_js == 0 and same.top1 == 1 and same.max_section_shift == 0
-
-
-def test_the_table_prints_every_figure(compared: Comparison) -> None:
-    from pathlib import Path
-
-    from cvs_evaluator.precision_compare import EngineRun
-
-    runs = [
-        EngineRun("fp32", Path("a"), _rows(A), 10.0, 2**20, (), "reference"),
-        EngineRun("int8-x", Path("b"), _rows(B), 20.0, 2**19, ("head",), "FAIL"),
-    ]
-    table = comparison_table(runs, [compared])
-    line = table.splitlines()[2]
-    assert line.split()[:4] == ["int8-x", "head", "0.5", "20.00"]
-    assert f"{compared.mean_js:.4f}" in line and "66.7%" in line and "FAIL" in line
-
-
-def test_survey_halves_share_no_question() -> None:
-    from cvs_families.checkpoint import ensure_checkpoint, load_tokenizer
-    from cvs_families.registry import get_family
-
-    spec = get_family("tiny-yi")
-    tokenizer = load_tokenizer(spec, ensure_checkpoint(spec))
-    first = [r.item_id for r in _survey(spec, tokenizer, half=0)]
-    second = [r.item_id for r in _survey(spec, tokenizer, half=1)]
-    assert len(first) == 20 and len(second) == 20
-    question = {i: i.split("|")[-1] for i in first + second}  # id: version|family|…|country|-|Q
-    assert not {question[i] for i in first} & {question[i] for i in second}
-    assert len({i.split("|")[3] for i in first}) == 8  # the study countries present take turns
-
-
-def _survey(spec: Any, tokenizer: Any, half: int) -> list[Any]:
-    from cvs_evaluator.precision_compare import survey_requests
-
-    return survey_requests(spec, tokenizer, count=20, half=half)

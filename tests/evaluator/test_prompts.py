@@ -12,9 +12,7 @@ import pytest
 
 from cvs_evaluator.images import ImageRecord
 from cvs_evaluator.prompts import (
-    ANSWER_PREFIX,
     CATEGORY_CUES,
-    DEFAULT_CUE,
     PROMPT_TEMPLATE_VERSION,
     PromptError,
     PromptItem,
@@ -27,9 +25,10 @@ from cvs_evaluator.prompts import (
     to_request,
 )
 from cvs_evaluator.questions import Question, load_question_bank
+from cvs_families.prompt_text import ANSWER_PREFIX, DEFAULT_CUE
 from cvs_families.registry import get_family
+from cvs_families.requests import ScoringRequest
 from cvs_families.spec import FamilySpec, PreparedImage
-from cvs_runtime.requests import ScoringRequest
 
 FAMILIES = ("tiny-vicuna", "tiny-yi", "tiny-qwen", "smol")
 
@@ -241,7 +240,8 @@ def test_group_prompts_share_the_expected_token_prefix(family: str, tokenizers: 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_split_after_the_space_is_caught(family: str, tokenizers: dict) -> None:
-    """The trailing-space bug of NOTES.md: a split one character late must not pass."""
+    """A group prefix ending in a trailing space once passed: a split one character late must
+    not."""
     spec, tokenizer = get_family(family), tokenizers[family]
     item = build_items(QUESTIONS[:1], ["NGA"], "text", [], tokenizer, spec)[0]
     assert item.text[item.prefix_chars] == " "

@@ -70,9 +70,12 @@ def test_every_wording_constant_is_in_the_template_hash() -> None:
     different prompts be reused as if equal."""
     import hashlib
 
+    from cvs_families import prompt_text
+
     wordings = {
-        name: value
-        for name, value in vars(prompts).items()
+        f"{module.__name__}.{name}": value
+        for module in (prompts, prompt_text)
+        for name, value in vars(module).items()
         if name.isupper() and isinstance(value, str) and name not in {"LETTERS"}
         and not name.endswith("VERSION")
     }  # fmt: skip

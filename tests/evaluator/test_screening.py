@@ -23,8 +23,8 @@ from cvs_evaluator.screening import (
     screening_prompt,
 )
 from cvs_families.registry import get_family
+from cvs_families.requests import ScoringRequest
 from cvs_families.spec import PreparedImage
-from cvs_runtime.requests import ScoringRequest
 
 CANDIDATES = [
     Candidate("BRA", "Brazil"),

@@ -45,7 +45,7 @@ class EngineShelf:
 
     def __call__(self, name: str) -> BuiltEngine:
         if name not in self._built:
-            from cvs_export.cli import build_engine
+            from cvs_export.build import build_engine
             from cvs_export.llava_next import part_specs
             from cvs_families.checkpoint import ensure_checkpoint, load_model
             from cvs_families.registry import get_family
@@ -78,7 +78,7 @@ def smol_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """smol's fp32 engine folder: the repository's `engines/smol/fp32` when it is a valid engine
     of the checkpoint with every part (`make demo` builds it), else one built for this session
     (a few minutes)."""
-    from cvs_export.cli import build_engine, engine_up_to_date
+    from cvs_export.build import build_engine, engine_up_to_date
 
     repository = Path(__file__).resolve().parents[2] / "engines"
     if engine_up_to_date("smol", "fp32", None, repository):

@@ -115,3 +115,51 @@ def test_sessions_reports_memory_of_two_processes_per_setting(engine_shelf: Any)
     for row in rows:
         rss, pss, uss = (int(v) for v in row[4:7])
         assert 0 < uss <= pss <= rss
+
+
+def test_a_lower_precision_without_prompts_is_one_line_before_any_build(tmp_path: Path) -> None:
+    result = invoke(
+        "build", "--model", "tiny-yi", "--precision", "int8-wo", "--engines", str(tmp_path)
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "--prompts" in result.output and "cvs-eval prompts --model tiny-yi" in result.output
+    assert not (tmp_path / "tiny-yi").exists()  # refused before the fp32 build
+
+
+def test_prompts_of_another_checkpoint_are_refused_naming_the_field(tmp_path: Path) -> None:
+    from cvs_runtime.request_file import CALIBRATION_SET, VERDICT_SET, write_request_file
+
+    foreign = write_request_file(
+        tmp_path / "p.npz",
+        family="tiny-yi",
+        checkpoint_fingerprint="0" * 64,
+        sets={VERDICT_SET: [], CALIBRATION_SET: []},
+    )
+    result = invoke(
+        "build",
+        "--model",
+        "tiny-yi",
+        "--precision",
+        "int8-wo",
+        "--prompts",
+        str(foreign),
+        "--engines",
+        str(tmp_path / "engines"),
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "--prompts" in result.output and "checkpoint_fingerprint" in result.output
+    assert not (tmp_path / "engines" / "tiny-yi").exists()
+
+
+def test_build_trt_is_a_command_of_the_module_run_as_a_script() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cvs_export.cli", "build-trt", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--workspace-gib" in result.stdout

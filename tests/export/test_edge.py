@@ -291,7 +291,7 @@ def test_the_build_refuses_a_folder_tokenizer_that_encodes_differently(
 def test_build_if_missing_adds_the_scoring_files_to_an_older_engine_in_place(
     engine_shelf: Any, tmp_path: Path
 ) -> None:
-    from cvs_export.cli import engine_up_to_date
+    from cvs_export.build import engine_up_to_date
     from cvs_families.scoring_files import SCORING_FILES
 
     folder = copy_engine(engine_shelf, tmp_path / "engines")

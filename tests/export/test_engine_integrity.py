@@ -22,9 +22,9 @@ from cvs_runtime import verification
 from cvs_runtime.engine_manifest import (
     MANIFEST_FILE,
     EngineMismatch,
-    check_engine,
     check_file_stat,
     read_manifest,
+    verified_engine,
 )
 from cvs_runtime.engines import open_engine
 from cvs_runtime.verification import (
@@ -232,7 +232,7 @@ def test_an_unknown_mode_is_refused_naming_the_valid_ones(
 ) -> None:
     folder = copy_engine(engine_shelf, tmp_path / "engines")
     with pytest.raises(ValueError, match=r"'sometimes'.*always, cached, off"):
-        check_engine(folder, verify="sometimes")
+        verified_engine(folder, verify="sometimes")
 
 
 def test_progress_reaches_the_total_once_every_byte_is_hashed(
@@ -343,14 +343,14 @@ def test_an_unsealed_manifest_is_refused_with_the_command_that_seals_it(
     folder = copy_engine(engine_shelf, tmp_path / "engines")
     make_unsealed(folder)
     with pytest.raises(EngineMismatch) as raised:
-        check_engine(folder)
+        verified_engine(folder)
     assert raised.value.field == "schema_version"
     assert f"cvs-export verify {folder}" in str(raised.value)
 
     result = CliRunner().invoke(export_main, ["verify", str(folder)])
     assert result.exit_code == 0, result.output
     assert "manifest sealed" in result.output and "all 10 file hashes match" in result.output
-    assert check_engine(folder, family="tiny-yi", precision="fp32").schema_version == 2
+    assert verified_engine(folder, family="tiny-yi", precision="fp32")[0].schema_version == 2
     again = CliRunner().invoke(export_main, ["verify", str(folder)])
     assert again.exit_code == 0 and "manifest seal ok" in again.output
 

@@ -20,8 +20,8 @@ from cvs_runtime.engine_manifest import (
     EngineManifest,
     EngineMismatch,
     ManifestError,
-    check_engine,
     read_manifest,
+    verified_engine,
 )
 from tests.export.manifest_tools import reseal
 
@@ -59,12 +59,12 @@ def engine(tmp_path: Path) -> Path:
 
 def refused(folder: Path, **asked: Any) -> EngineMismatch:
     with pytest.raises(EngineMismatch) as raised:
-        check_engine(folder, **asked)
+        verified_engine(folder, **asked)
     return raised.value
 
 
 def test_a_matching_engine_loads(engine: Path) -> None:
-    manifest = check_engine(
+    manifest, _ = verified_engine(
         engine, family="tiny-yi", precision="fp32", checkpoint_fingerprint=FINGERPRINT
     )
     assert manifest.parts["decoder"].file == "decoder.onnx"
@@ -146,24 +146,24 @@ def test_a_part_whose_file_is_not_recorded_is_refused(engine: Path) -> None:
 def test_a_manifest_missing_a_field_is_malformed(engine: Path) -> None:
     _rewrite(engine, {}, drop="precision")
     with pytest.raises(ManifestError, match="no 'precision'"):
-        check_engine(engine)
+        verified_engine(engine)
 
 
 def test_a_manifest_with_a_mistyped_field_is_malformed(engine: Path) -> None:
     _rewrite(engine, {"opset": "18"})
     with pytest.raises(ManifestError, match="'opset' is not a int"):
-        check_engine(engine)
+        verified_engine(engine)
 
 
 def test_a_manifest_that_is_not_json_is_malformed(engine: Path) -> None:
     (engine / MANIFEST_FILE).write_text("{not json")
     with pytest.raises(ManifestError, match="not JSON"):
-        check_engine(engine)
+        verified_engine(engine)
 
 
 def test_a_folder_without_manifest_is_not_an_engine(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="not an engine folder"):
-        check_engine(tmp_path)
+        verified_engine(tmp_path)
 
 
 def test_verify_catches_same_size_content_changes_the_load_check_cannot(engine: Path) -> None:
@@ -174,12 +174,12 @@ def test_verify_catches_same_size_content_changes_the_load_check_cannot(engine: 
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # size and mtime as recorded
     # With content verification off (`--verify-engine off`), the cheap check is blind to this …
-    check_engine(engine, verify="off")
+    verified_engine(engine, verify="off")
     with pytest.raises(EngineMismatch) as raised:
         verify_engine(engine)  # … the full hash is not
     assert raised.value.field == "files.weights.bin.sha256"
     with pytest.raises(EngineMismatch) as at_load:
-        check_engine(engine)  # nor is the load check by default (`--verify-engine cached`)
+        verified_engine(engine)  # nor is the load check by default (`--verify-engine cached`)
     assert at_load.value.field == "files.weights.bin.sha256"
 
 
@@ -187,10 +187,10 @@ def test_verify_accepts_a_copied_engine_and_records_its_new_mtimes(tmp_path: Pat
     make_engine(tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=shutil.copyfile)  # new mtimes
     with pytest.raises(EngineMismatch):
-        check_engine(tmp_path / "b")
+        verified_engine(tmp_path / "b")
     result = verify_engine(tmp_path / "b")
     assert set(result.mtimes_refreshed) == {f.name for f in read_manifest(tmp_path / "a").files}
-    check_engine(tmp_path / "b")  # accepted now
+    verified_engine(tmp_path / "b")  # accepted now
     assert verify_engine(tmp_path / "b").mtimes_refreshed == ()
 
 
@@ -221,7 +221,7 @@ def test_records_hash_the_bytes(engine: Path) -> None:
 def test_allowing_failed_verdicts_never_admits_a_failed_fp32_validation(tmp_path: Path) -> None:
     make_engine(tmp_path / "bad", passed=False)  # no verdict: an fp32 parity failure
     with pytest.raises(EngineMismatch) as raised:
-        check_engine(tmp_path / "bad", allow_failed_verdict=True)
+        verified_engine(tmp_path / "bad", allow_failed_verdict=True)
     assert raised.value.field == "validation.passed"
 
 
@@ -239,4 +239,4 @@ def test_a_failed_verdict_names_its_failures_and_the_way_round(tmp_path: Path) -
     assert error.field == "validation.verdict"
     assert "int8-dyn accuracy verdict" in str(error) and "mean JS 0.2 > 0.02" in str(error)
     assert "allow_failed_verdict=True" in str(error) and "--allow-failed-engine" in str(error)
-    assert check_engine(folder, allow_failed_verdict=True).precision == "int8-dyn"
+    assert verified_engine(folder, allow_failed_verdict=True)[0].precision == "int8-dyn"

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from cvs_export.parts import PRECISIONS
-from cvs_export.precision import RECIPES, TARGETS, judge, targets_for
-from cvs_runtime.engine_manifest import EngineMismatch, check_engine, read_manifest
+from cvs_export.precision import RECIPES, TARGETS, QuantizedRecipe, judge, targets_for
+from cvs_runtime.engine_manifest import EngineMismatch, read_manifest, verified_engine
 
 FAMILY = "tiny-yi"
 LOWER = tuple(p for p in PRECISIONS if p != "fp32")
@@ -37,14 +37,19 @@ class LowerEngines:
 
 @pytest.fixture(scope="session")
 def lower_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LowerEngines]:
-    from cvs_export.cli import build_engine, build_lower_precisions
+    from cvs_evaluator.prompt_requests import write_precision_prompts
+    from cvs_export.build import build_engine, build_lower_precisions
+    from cvs_runtime.request_file import read_request_file
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("precision-engines")
+    prompts = read_request_file(write_precision_prompts(FAMILY, root / "prompts.npz"))
     build_engine(FAMILY, weights=None, precision="fp32", out_root=root, echo=lambda _: None)
     fp32_mtime = (root / FAMILY / "fp32").stat().st_mtime_ns
-    builds = build_lower_precisions(FAMILY, LOWER, weights=None, out_root=root, echo=lambda _: None)
+    builds = build_lower_precisions(
+        FAMILY, LOWER, weights=None, out_root=root, prompts=prompts, echo=lambda _: None
+    )
     torch.set_num_threads(threads)
     yield LowerEngines(
         root=root, builds={b.verdict.precision: b for b in builds}, fp32_folder_mtime=fp32_mtime
@@ -120,14 +125,14 @@ def test_a_failed_verdict_is_refused_unless_allowed(lower_engines: LowerEngines)
 @pytest.mark.slow
 def test_an_engine_that_could_not_run_is_refused_and_says_why(lower_engines: LowerEngines) -> None:
     with pytest.raises(EngineMismatch, match="not run here: onnxruntime CPU refuses"):
-        check_engine(_folder(lower_engines, "bf16"), precision="bf16")
+        verified_engine(_folder(lower_engines, "bf16"), precision="bf16")
 
 
 @pytest.mark.slow
 def test_a_passing_verdict_opens_without_permission(lower_engines: LowerEngines) -> None:
     passed = [p for p, b in lower_engines.builds.items() if b.verdict.passed]
     assert passed, "the weight-only recipe was expected to pass on tiny-yi"
-    manifest = check_engine(_folder(lower_engines, passed[0]), precision=passed[0])
+    manifest, _ = verified_engine(_folder(lower_engines, passed[0]), precision=passed[0])
     assert manifest.validation["verdict"]["passed"] is True
 
 
@@ -310,9 +315,15 @@ def test_fp32_has_no_verdict() -> None:
         _judge("fp32")
 
 
-def test_every_precision_has_a_recipe() -> None:
+def test_every_precision_has_a_recipe_that_builds_itself() -> None:
     assert tuple(RECIPES) == PRECISIONS
-    assert json.dumps([r.keep for r in RECIPES.values()])  # plain data
+    kinds = {name: type(recipe).__name__ for name, recipe in RECIPES.items()}
+    assert {kinds[p] for p in ("fp32", "fp16", "bf16")} == {"ExportRecipe"}
+    assert kinds["int8-wo"] == "WeightOnlyRecipe" and kinds["int8-qdq"] == "QdqRecipe"
+    quantized = [r for r in RECIPES.values() if isinstance(r, QuantizedRecipe)]
+    assert len(quantized) == len(PRECISIONS) - 3
+    assert json.dumps([r.keep for r in quantized])  # plain data
+    assert [r.name for r in RECIPES.values() if r.cpu_refusal] == ["bf16"]
 
 
 def test_an_unknown_keep_group_is_refused() -> None:
@@ -320,58 +331,3 @@ def test_an_unknown_keep_group_is_refused() -> None:
 
     with pytest.raises(QuantizeError, match="unknown keep groups"):
         kept_nodes({"n": "w"}, ["attention"])
-
-
-# cvs-export compare ------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_compare_scores_both_engines_and_prints_their_figures(
-    lower_engines: LowerEngines, tmp_path: Path
-) -> None:
-    from click.testing import CliRunner
-
-    from cvs_evaluator.precision_compare import compare_rows, score_engine
-    from cvs_evaluator.questions import load_question_bank
-    from cvs_evaluator.wvs import load_study_shares
-    from cvs_export.cli import main
-
-    args = ["compare", "--model", FAMILY, "fp32", "int8-wo", "--no-progress"]
-    result = CliRunner().invoke(
-        main, [*args, "--engines", str(lower_engines.root), "--out", str(tmp_path)]
-    )
-    assert result.exit_code == 0, result.output
-    line = next(x for x in result.output.splitlines() if x.startswith("int8-wo "))
-    # The printed figures are those of the stored rows (rerun: resumes, scores nothing new).
-    runs = [
-        score_engine(FAMILY, p, lower_engines.root, tmp_path, progress=False)
-        for p in ("fp32", "int8-wo")
-    ]
-    expected = compare_rows(
-        runs[0].rows, runs[1].rows, load_study_shares(), dict(load_question_bank().section_of())
-    )
-    assert f"{expected.mean_js:.4f}" in line and f"{expected.top1:.1%}" in line
-    assert f"{expected.max_section_shift:.4f}" in line
-    assert expected.items == len(runs[0].rows) > 1000  # all value questions × study countries
-    assert runs[1].items_per_second is not None and runs[1].items_per_second > 0
-
-
-def test_compare_needs_two_engines() -> None:
-    from click.testing import CliRunner
-
-    from cvs_export.cli import main
-
-    result = CliRunner().invoke(main, ["compare", "--model", FAMILY, "fp32"])
-    assert result.exit_code == 2 and "at least one to compare" in result.output
-
-
-def test_compare_without_the_engine_is_a_one_line_error(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from cvs_export.cli import main
-
-    result = CliRunner().invoke(
-        main, ["compare", "--model", FAMILY, "fp32", "int8-wo", "--engines", str(tmp_path)]
-    )
-    assert result.exit_code == 1 and "build it first" in result.output
-    assert "Traceback" not in result.output

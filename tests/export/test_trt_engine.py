@@ -1,8 +1,8 @@
 """TensorRT engines built from a tiny family's ONNX parts, run and compared with PyTorch.
 
 Needs TensorRT, cuda-python and a CUDA GPU (marked `trt` and `gpu`; skipped with the reason
-elsewhere). Not run where this project is developed: TensorRT cannot be installed there
-(NOTES.md §3); `cvs-doctor --engine trt` runs the same path on a user's machine.
+elsewhere). Not run where this project is developed: TensorRT cannot be installed there (no
+GPU); `cvs-doctor --engine trt` runs the same path on a user's machine.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from cvs_export.trt_build import (
     TrtBuildOptions,
     axis_ranges,
     build_trt_engine,
-    decoder_phase_ranges,
 )
 from cvs_export.validate import validate_engine
 from cvs_runtime.engine_manifest import EngineMismatch
 from cvs_runtime.parts import PartError
 from cvs_runtime.trt_backend import CudaRuntime, TrtParts, tensorrt_record
 from tests.export.manifest_tools import reseal
+from tests.export.profile_tools import two_phase_ranges
 
 pytestmark = [pytest.mark.trt, pytest.mark.gpu]
 
@@ -95,7 +95,7 @@ def test_a_decoder_with_prefill_and_continuation_profiles_matches_pytorch(
     maxima = doctor_maxima(source.loaded, source.specs)
     decoder = source.specs["decoder"]
     profiles = {n: [axis_ranges(s, maxima)] for n, s in source.specs.items()}
-    profiles["decoder"] = decoder_phase_ranges(
+    profiles["decoder"] = two_phase_ranges(
         decoder,
         max_batch=maxima["batch"],
         max_context=maxima["seq"] + maxima["past"],

@@ -21,7 +21,6 @@ import pytest
 from cvs_export.trt_build import (
     TrtBuildError,
     axis_ranges,
-    decoder_phase_ranges,
     profile_for,
     record_trt_engine,
 )
@@ -37,6 +36,7 @@ from cvs_runtime.trt_backend import (
     tensorrt_record,
 )
 from tests.export.manifest_tools import reseal
+from tests.export.profile_tools import two_phase_ranges
 
 H200 = GpuIdentity(name="NVIDIA H200", compute_capability="9.0")
 VERSION = "10.15.1.29"
@@ -211,7 +211,7 @@ def test_opening_without_tensorrt_names_the_extra(tmp_path: Path, source: Any) -
 @pytest.fixture(scope="module")
 def phase_profiles(source: Any) -> list[Any]:
     spec = source.specs["decoder"]
-    ranges = decoder_phase_ranges(spec, max_batch=4, max_context=64, max_suffix=8)
+    ranges = two_phase_ranges(spec, max_batch=4, max_context=64, max_suffix=8)
     return [profile_for(spec, r).shapes for r in ranges]
 
 

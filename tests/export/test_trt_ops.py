@@ -355,8 +355,17 @@ def test_enforce_raises_with_every_node_named() -> None:
     assert len(raised.value.violations) == 2
 
 
-def test_enforce_accepts_no_violations() -> None:
-    enforce_supported([])
+def test_enforce_passes_a_clean_graph_and_stops_at_one_bad_node() -> None:
+    clean = make_model(
+        [helper.make_node("Sqrt", ["x"], ["y"], name="root")],
+        [tensor("x", TensorProto.FLOAT, [3])],
+        [tensor("y", TensorProto.FLOAT, [3])],
+    )
+    assert check_model(clean) == []
+    enforce_supported(check_model(clean))  # no violation: returns, raises nothing
+    clean.graph.node[0].op_type = "Unique"  # the same graph with one refused operator
+    with pytest.raises(UnsupportedOpsError, match="'root'"):
+        enforce_supported(check_model(clean))
 
 
 # onnxruntime's quantizers: which recipe TensorRT can take ---------------------------------------

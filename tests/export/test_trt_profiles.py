@@ -1,15 +1,15 @@
-"""Optimization profiles and memory budgets, checked against the real graphs of exported engines.
+"""Optimization profiles, checked against the real graphs of exported engines.
 
 A profile is only right if the graph really runs at its three points: every profile here is
 compared with the exported graph's inputs (rank, static dimensions), and the graph is run with
-onnxruntime at the min, opt and max points, where its outputs must have the shapes the spec
-predicts and the bytes the budget arithmetic counts.
+onnxruntime at the min, opt and max points, where its inputs and outputs must have the shapes
+the spec predicts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,24 +18,18 @@ from numpy.typing import NDArray
 
 from cvs_export.parts import PartSpec
 from cvs_export.trt_build import (
+    DERIVED_AXES,
     AxisRange,
-    BudgetError,
     Profile,
     ProfileError,
     axis_ranges,
     check_profile_dims,
-    decoder_phase_ranges,
-    engine_weight_bytes,
     free_axes,
     graph_input_dims,
-    graph_weight_bytes,
-    io_bytes,
     profile_for,
-    ranges_covering,
-    ranges_from_budget,
-    timing_cache_path,
 )
 from cvs_runtime.ort_backend import OrtParts
+from tests.export.profile_tools import two_phase_ranges
 
 FAMILIES = ("tiny-yi", "tiny-qwen")
 SMALL_MAXIMA = {"batch": 3, "tiles": 3, "seq": 9, "past": 6, "prefix": 6, "k": 2}
@@ -83,6 +77,18 @@ def run_point(runner: OrtParts, spec: PartSpec, sizes: Mapping[str, int]) -> int
     return sum(a.nbytes for a in (*inputs.values(), *outputs.values()))
 
 
+def spec_io_bytes(spec: PartSpec, sizes: Mapping[str, int]) -> int:
+    """Bytes of every input and output the spec declares at `sizes` (float32, int64 ids)."""
+    point = dict(sizes)
+    for axis, (a, b) in DERIVED_AXES.items():
+        if a in point and b in point and axis not in point:
+            point[axis] = point[a] + point[b]
+    return sum(
+        math.prod(t.concrete_shape(point)) * (4 if t.dtype == "float" else 8)
+        for t in (*spec.inputs, *spec.outputs)
+    )
+
+
 # Profiles against the graphs -------------------------------------------------------------------
 
 
@@ -97,7 +103,7 @@ def test_profiles_match_the_graph_inputs_and_run_at_every_point(
         check_profile_dims(profile, graph_input_dims(engine.folder / f"{name}.onnx"))
         for point in profile.points:
             measured = run_point(runner, spec, point)
-            assert measured == io_bytes(spec, point), (family, name, point)
+            assert measured == spec_io_bytes(spec, point), (family, name, point)
 
 
 def test_total_is_past_plus_seq_at_every_point(engines: dict[str, Any]) -> None:
@@ -135,24 +141,12 @@ def test_a_profile_missing_an_input_is_refused(engines: dict[str, Any]) -> None:
         check_profile_dims(partial, graph_input_dims(engines["tiny-yi"].folder / "decoder.onnx"))
 
 
-def test_ranges_covering_the_check_sizes_run_every_check_point(engines: dict[str, Any]) -> None:
-    engine = engines["tiny-qwen"]
-    runner = runner_for(engine)
-    for spec in engine.specs.values():
-        ranges = ranges_covering(spec, spec.check_sizes)
-        for sizes in spec.check_sizes:
-            for axis, size in sizes.items():
-                if axis in ranges:
-                    assert ranges[axis].min <= size <= ranges[axis].max
-        run_point(runner, spec, profile_for(spec, ranges).points[2])
-
-
 def test_decoder_phase_profiles_fit_the_graph_and_run(engines: dict[str, Any]) -> None:
     engine = engines["tiny-yi"]
     spec = engine.specs["decoder"]
     prefill, continuation = (
         profile_for(spec, r)
-        for r in decoder_phase_ranges(spec, max_batch=4, max_context=12, max_suffix=3, max_k=2)
+        for r in two_phase_ranges(spec, max_batch=4, max_context=12, max_suffix=3, max_k=2)
     )
     dims = graph_input_dims(engine.folder / "decoder.onnx")
     runner = runner_for(engine)
@@ -202,69 +196,3 @@ def test_ranges_for_the_wrong_axes_are_refused(engines: dict[str, Any]) -> None:
     specs = engines["tiny-yi"].specs
     with pytest.raises(ProfileError, match="ranges name"):
         profile_for(specs["vision"], axis_ranges(specs["embedding"], SMALL_MAXIMA))
-
-
-# Budgets -----------------------------------------------------------------------------------------
-
-
-def test_graph_weight_bytes_count_the_embedding_table(engines: dict[str, Any]) -> None:
-    engine = engines["tiny-yi"]
-    text = engine.loaded.spec.text_config
-    table = int(text["vocab_size"]) * int(text["hidden_size"]) * 4
-    found = graph_weight_bytes(engine.folder / "embedding.onnx")
-    assert table <= found <= table + 1024  # the table, plus a few shape constants
-    assert engine_weight_bytes(engine.folder / "embedding.onnx", "fp16") == found // 2
-
-
-def test_the_budget_picks_the_largest_batch_that_fits(engines: dict[str, Any]) -> None:
-    engine = engines["tiny-yi"]
-    spec = engine.specs["decoder"]
-    runner = runner_for(engine)
-    fixed = {"seq": 7, "past": 5, "k": 1}
-    measured = {b: run_point(runner, spec, {**fixed, "batch": b, "total": 12}) for b in (3, 4)}
-    weights = graph_weight_bytes(engine.folder / "decoder.onnx")
-    room = (measured[3] + measured[4]) // 2  # more than batch 3 needs, less than batch 4
-    plan = ranges_from_budget(
-        spec, weights + 2 * room, maxima=fixed, weight_bytes=weights, activation_share=0.5
-    )
-    assert plan.grown_axis == "batch"
-    assert plan.ranges["batch"].max == 3
-    assert plan.io_bytes == measured[3]
-    assert plan.activation_bytes == room
-    assert plan.ranges["past"] == AxisRange(0, 2, 5)
-
-
-def test_the_budget_grows_tiles_for_the_vision_part(engines: dict[str, Any]) -> None:
-    engine = engines["tiny-yi"]
-    spec = engine.specs["vision"]
-    runner = runner_for(engine)
-    two, three = (run_point(runner, spec, {"tiles": n}) for n in (2, 3))
-    weights = graph_weight_bytes(engine.folder / "vision.onnx")
-    plan = ranges_from_budget(
-        spec, weights + (two + three) // 2, maxima={}, weight_bytes=weights, activation_share=0.0
-    )
-    assert (plan.grown_axis, plan.ranges["tiles"].max) == ("tiles", 2)
-
-
-def test_a_budget_below_the_weights_is_refused(engines: dict[str, Any]) -> None:
-    engine = engines["tiny-yi"]
-    weights = graph_weight_bytes(engine.folder / "decoder.onnx")
-    with pytest.raises(BudgetError, match="too small"):
-        ranges_from_budget(
-            engine.specs["decoder"],
-            weights - 1,
-            maxima={"seq": 4, "past": 4, "k": 1},
-            weight_bytes=weights,
-        )
-
-
-def test_a_budget_without_the_other_maxima_is_refused(engines: dict[str, Any]) -> None:
-    with pytest.raises(BudgetError, match="no maximum"):
-        ranges_from_budget(
-            engines["tiny-yi"].specs["decoder"], 2**30, maxima={"seq": 4}, weight_bytes=0
-        )
-
-
-def test_timing_cache_names_carry_version_and_gpu(tmp_path: Path) -> None:
-    path = timing_cache_path(tmp_path, "10.15.1", "NVIDIA H200 NVL")
-    assert path == tmp_path / "timing-10.15.1-NVIDIA-H200-NVL.cache"

@@ -237,3 +237,17 @@ def test_compare_fails_on_nan() -> None:
 
 def test_an_empty_report_does_not_pass() -> None:
     assert not ValidationReport(precision="fp32").passed
+
+
+def test_validation_prompts_speak_the_survey_wording(engine_shelf: Any) -> None:
+    """The validation prompts end at the survey's answer position, with its rules: the export
+    stage checks what the evaluator will ask (one wording, `cvs_families.prompt_text`)."""
+    from cvs_families import prompt_text
+
+    loaded = engine_shelf("tiny-yi").loaded
+    requests = validation_set(loaded).requests
+    assert {r.group_key for r in requests} == {"text", "image-0", "image-1"}
+    for request in requests:
+        text = loaded.tokenizer.decode(request.input_ids)
+        assert text.endswith(prompt_text.ANSWER_PREFIX), text[-80:]
+        assert prompt_text.RULES in text and "Survey question:" in text

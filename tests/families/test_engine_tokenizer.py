@@ -19,8 +19,8 @@ import pytest
 from jinja2.exceptions import TemplateError
 
 from cvs_families.checkpoint import ensure_checkpoint, load_tokenizer
-from cvs_families.checkpoint_facts import ANSWER_PREFIX, LETTERS
 from cvs_families.engine_tokenizer import EngineTokenizer, special_tokens_config
+from cvs_families.prompt_text import ANSWER_PREFIX, LETTERS
 from cvs_families.registry import get_family
 from cvs_families.spec import FamilySpec
 

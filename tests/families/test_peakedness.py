@@ -15,14 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from cvs_families.checkpoint import (
-    ANSWER_PREFIX,
-    LETTERS,
-    ensure_checkpoint,
-    letter_token_ids,
-    load_model,
-)
+from cvs_families.checkpoint import ensure_checkpoint, letter_token_ids, load_model
 from cvs_families.checkpoint_build import is_calibration_variable
+from cvs_families.prompt_text import ANSWER_PREFIX, LETTERS
 from cvs_families.registry import get_family
 from cvs_families.tokenizers_offline import codebook_items
 

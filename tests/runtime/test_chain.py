@@ -12,13 +12,13 @@ import pytest
 from numpy.typing import NDArray
 
 from cvs_families.registry import get_family
+from cvs_families.requests import ScoringRequest
 from cvs_runtime.chain import (
     embed_requests,
     expanded_split,
     group_split,
 )
 from cvs_runtime.chain import score_with_parts_copying as score_with_parts
-from cvs_runtime.requests import ScoringRequest
 
 SPEC = get_family("tiny-yi")
 HIDDEN = SPEC.text_hidden_size

@@ -124,8 +124,9 @@ def test_inputs_are_converted_to_the_graph_types(parts: OrtParts) -> None:
 
 
 def test_an_unknown_part_is_named_with_the_parts_there_are(parts: OrtParts) -> None:
-    with pytest.raises(PartError, match="no part 'decoder' in this engine; parts: scale, lookup"):
+    with pytest.raises(PartError, match="'decoder'") as raised:
         parts.run("decoder", {})
+    assert "scale, lookup" in str(raised.value)  # the parts there are
 
 
 def test_a_missing_input_is_named(parts: OrtParts) -> None:

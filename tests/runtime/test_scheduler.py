@@ -16,6 +16,7 @@ import pytest
 from numpy.typing import NDArray
 
 from cvs_families.registry import get_family
+from cvs_families.requests import ScoringRequest
 from cvs_families.spec import PreparedImage
 from cvs_runtime.budgets import (
     BudgetError,
@@ -25,7 +26,6 @@ from cvs_runtime.budgets import (
     suffix_row_bytes,
 )
 from cvs_runtime.chain import SUFFIX_PAD_MULTIPLE, embed_requests, suffix_width
-from cvs_runtime.requests import ScoringRequest
 from cvs_runtime.scheduler import MissingSuffixPart, Scheduler, ScoredBatch
 
 SPEC = get_family("tiny-yi")

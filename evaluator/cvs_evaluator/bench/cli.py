@@ -108,7 +108,7 @@ def _distribution(logprobs: Sequence[float] | np.ndarray) -> np.ndarray:
 
 def agreement(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str, float] | None:
     """b against a on the items both ran: max |Δ option log-prob|, mean/max JS distance, top-1."""
-    from cvs_evaluator.metrics import similarity
+    from cvs_runtime.comparison import js_distance, top1_agrees
 
     common = sorted(set(a) & set(b))
     if not common:
@@ -117,8 +117,8 @@ def agreement(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str,
     for item in common:
         x, y = np.asarray(a[item]), np.asarray(b[item])
         diffs.append(float(np.abs(x - y).max()))
-        js.append(1.0 - similarity(_distribution(x), _distribution(y)))
-        top.append(int(np.argmax(x)) == int(np.argmax(y)))
+        js.append(js_distance(_distribution(x), _distribution(y)))
+        top.append(top1_agrees(x, y))
     return {
         "items": len(common),
         "max_abs_dlogprob": max(diffs),
@@ -372,8 +372,7 @@ def main(
 def check_arguments(model: str, engines: Path, int8: Sequence[str], out: Path) -> None:
     """Everything the variants need, checked before the first measurement (a bench runs for
     minutes): the family, the survey data, each engine, and an --out the reports can go to."""
-    from cvs_export.cli import check_writable_folder
-    from cvs_families.paths import DataDirMissing, data_dir
+    from cvs_families.paths import DataDirMissing, check_writable_folder, data_dir
     from cvs_families.registry import UnknownFamilyError, get_family
     from cvs_runtime.engines import engine_folder
 

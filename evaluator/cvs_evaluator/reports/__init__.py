@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,20 @@ def write_reports(
         ),
     )
 
+    _write_parity(put, results, compare, parity_skipped, precision, provenance, seed)
+    return written
+
+
+def _write_parity(
+    put: Callable[[str, str], None],
+    results: pd.DataFrame,
+    compare: pd.DataFrame | None,
+    parity_skipped: str | None,
+    precision: str,
+    provenance: Mapping[str, Any],
+    seed: int,
+) -> None:
+    """parity.json and parity.html: the comparison, or why none ran (nothing when neither)."""
     back = [("Alignment", "alignment.html"), ("Provenance", "provenance.json")]
     if compare is not None:
         _check_precision(compare, None)
@@ -135,16 +149,11 @@ def write_reports(
         put("parity.html", _parity_html(parity, back, provenance))
     elif parity_skipped is not None:
         put("parity.json", json.dumps(skipped_parity(parity_skipped), indent=2) + "\n")
-        put(
-            "parity.html",
-            skipped_parity_page(
-                title=f"Parity: {_label(results)}",
-                reason=parity_skipped,
-                links=back,
-                provenance=provenance,
-            ),
-        )
-    return written
+        page = skipped_parity_page(
+            title=f"Parity: {_label(results)}", reason=parity_skipped, links=back,
+            provenance=provenance,
+        )  # fmt: skip
+        put("parity.html", page)
 
 
 def read_latency(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

@@ -15,7 +15,12 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from cvs_evaluator.aggregate import ALL_SECTIONS, PERMUTATION_RESAMPLES, sign_flip_p
+from cvs_evaluator.aggregate import (
+    ALL_SECTIONS,
+    PERMUTATION_RESAMPLES,
+    percent_change,
+    sign_flip_p,
+)
 
 POOLED = "all"
 """Group label of rows pooling every group."""
@@ -88,7 +93,7 @@ def paired_changes(
                 "mean_a": mean_a,
                 "mean_b": mean_b,
                 "mean_diff": float(diff.mean()),
-                "percent_change": (mean_b - mean_a) / mean_a * 100.0,
+                "percent_change": percent_change(mean_a, mean_b),
                 "p_value": sign_flip_p(diff, seed=seed, n_resamples=n_resamples),
                 "n_unpaired": int((~both).sum()),
                 "n_countries": int(complete["country"].nunique()),

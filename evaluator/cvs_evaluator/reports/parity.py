@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from scipy.spatial.distance import jensenshannon
 
 from cvs_evaluator.aggregate import (
     ALL_SECTIONS,
@@ -34,6 +33,7 @@ from cvs_evaluator.aggregate import (
 )
 from cvs_evaluator.reports.alignment import ALL_COUNTRIES, CONDITION_ORDER, sort_by
 from cvs_evaluator.reports.tables import ReportTable
+from cvs_runtime.comparison import js_distance, top1_agrees
 
 if TYPE_CHECKING:
     from cvs_export.precision import Targets
@@ -266,10 +266,8 @@ def _item_table(
         if _present(dist_run) and _present(dist_compare):
             p = np.asarray(dist_run, dtype=np.float64)
             q = np.asarray(dist_compare, dtype=np.float64)
-            with np.errstate(invalid="ignore"):
-                distance = float(jensenshannon(p, q))
-            js = 0.0 if math.isnan(distance) else distance  # NaN: √ of a rounded-negative 0
-            agrees = int(np.argmax(p)) == int(np.argmax(q))
+            js = js_distance(p, q)  # 0 where rounding made the divergence negative
+            agrees = top1_agrees(p, q)
         rows.append(
             {
                 **{k: record[k if k == "item_id" else f"{k}_run"] for k in keys},

@@ -1,7 +1,8 @@
 """What scoring returns: option log-probs at the answer position, the same for every engine.
 
 The PyTorch reference scorer and every runtime engine return `OptionScores`, so parity checks and
-the result store compare like with like. Everything here is numpy.
+the result store compare like with like. Everything here is numpy; it lives with the families,
+the lowest layer, so the reference scorer and the runtime share it without a cycle.
 """
 
 from __future__ import annotations

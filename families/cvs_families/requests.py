@@ -4,7 +4,8 @@ A `ScoringRequest` is everything an engine needs for one item and nothing about 
 ids with one image placeholder where the image goes, the image already prepared by the family's
 numpy preprocessing, the option letters' token ids, and the group key that tells a prefix cache
 which items share their beginning. The PyTorch reference scorer and every runtime engine take the
-same requests, so parity checks compare like with like. Numpy only.
+same requests, so parity checks compare like with like. Numpy only. It lives with the families,
+the lowest layer, so the reference scorer here and the runtime above both import it.
 
 `ScoredItem` applies the study's rule that an item whose raw option mass is negligible is kept
 (with its mass and a reason) but not scored.
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from cvs_runtime.scores import OptionScores
+from cvs_families.scores import OptionScores
 
 if TYPE_CHECKING:
     from cvs_families.spec import PreparedImage
