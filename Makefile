@@ -22,7 +22,7 @@ INT8 ?= int8-wo
 # The study's eight countries in the data, and two more so that ten have flags.
 DEMO_COUNTRIES = $(foreach c,USA KOR BRA MEX CHN PAK NGA VNM DEU JPN,--country $(c))
 
-.PHONY: help install demo test check format engines engines-all bench edge clean
+.PHONY: help install demo test check format engines engines-all bench bench-ray edge clean
 
 help:
 	@echo "make demo         the main job on the default model (smol) over the real WVS data,"
@@ -34,6 +34,7 @@ help:
 	@echo "                  and $(INT8) (MODEL=yi34b WEIGHTS=DIR for a real checkpoint)"
 	@echo "make engines-all  every precision of every default family"
 	@echo "make bench        the study's loop against the runtime, side by side (bench/)"
+	@echo "make bench-ray    one process against Ray with 1 and 2 workers (bench/ray.md)"
 	@echo "make edge         the core install alone ($(EDGE_VENV): onnxruntime, no torch) scoring"
 	@echo "                  the engine folder engines/smol/fp32 with no checkpoint reachable"
 
@@ -70,22 +71,36 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # Default: tiny-vicuna, tiny-yi, tiny-qwen and smol at fp32 (must pass parity) and $(INT8)
-# (records a verdict), skipping engines already built from the same checkpoint.
+# (records a verdict on survey prompts `cvs-eval prompts` writes first, into
+# $(CVS_CACHE)/prompts/), skipping engines already built from the same checkpoint.
 # `make engines MODEL=yi34b WEIGHTS=DIR` builds one real checkpoint; PRECISIONS="--precision
 # fp16" narrows the set; `make engines-all` builds every precision.
 PRECISIONS ?= --precision fp32 --precision $(INT8)
 ENGINE_MODELS = $(if $(filter command line,$(origin MODEL)),--model $(MODEL)) $(if $(WEIGHTS),--weights $(WEIGHTS))
 engines: $(STAMP)
-	$(BIN)/cvs-export build --if-missing $(PRECISIONS) $(ENGINE_MODELS)
+	models="$(if $(filter command line,$(origin MODEL)),$(MODEL),$$($(PY) -c 'from cvs_export.build import DEFAULT_BUILD_MODELS as m; print(*m)'))"; \
+	prompts=""; for model in $$models; do \
+	  $(BIN)/cvs-eval prompts --model $$model $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+	    --out $(CVS_CACHE)/prompts/$$model.npz || exit 1; \
+	  prompts="$$prompts --prompts $(CVS_CACHE)/prompts/$$model.npz"; \
+	done; \
+	$(BIN)/cvs-export build --if-missing $(PRECISIONS) $(ENGINE_MODELS) $$prompts
 
 engines-all: $(STAMP)
-	$(BIN)/cvs-export build --if-missing --all-precisions $(ENGINE_MODELS)
+	$(MAKE) engines PRECISIONS=--all-precisions
 
 # Builds smol's fp32 and $(INT8) engines when missing, then runs every variant in its own
 # process (≤ 15 minutes of measurement on 2 cores); results in bench/.
 bench: $(STAMP)
-	$(BIN)/cvs-export build --if-missing --model smol --precision fp32 --precision $(INT8)
+	$(BIN)/cvs-eval prompts --model smol --out $(CVS_CACHE)/prompts/smol.npz
+	$(BIN)/cvs-export build --if-missing --model smol --precision fp32 --precision $(INT8) \
+		--prompts $(CVS_CACHE)/prompts/smol.npz
 	$(BIN)/cvs-bench --model smol --int8 $(INT8) --out bench
+
+# One process against Ray with 1 and 2 workers on the same items (bench/ray.md).
+bench-ray: $(STAMP)
+	$(BIN)/cvs-export build --if-missing --model smol --precision fp32
+	$(PY) -m cvs_evaluator.bench.ray_scaling --model smol --out bench/ray.md
 
 # The edge install: `pip install '.[cpu]'` into its own environment (no torch, transformers or
 # onnx), then a run on an engine folder alone: $CVS_CACHE points at an empty folder, so no

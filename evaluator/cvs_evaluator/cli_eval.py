@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from cvs_evaluator.prompts import CONDITIONS, Condition
+from cvs_evaluator.prompts import CONDITIONS
 from cvs_evaluator.scorers import ENGINES
 
 if TYPE_CHECKING:
+    from cvs_evaluator.ray_run import RaySettings
     from cvs_evaluator.run_pipeline import RunRequest
 
 
@@ -234,37 +236,43 @@ def main() -> None:
     is_flag=True,
     help="Use a lower-precision engine whose build verdict (accuracy against fp32) failed.",
 )
-def run(
-    model: str,
-    engine: str,
-    engines_root: Path,
-    precision: str,
-    weights: Path | None,
-    conditions: tuple[Condition, ...],
-    countries: tuple[str, ...],
-    questions: tuple[str, ...],
-    per_section: int,
-    all_questions: bool,
-    images: str,
-    include_uninformative_images: bool,
-    batch_size: int | None,
-    image_cache_bytes: int | None,
-    prefix_cache_bytes: int | None,
-    activation_bytes: int | None,
-    no_cache: bool,
-    share_weight_pages: bool,
-    out: Path | None,
-    fresh: bool,
-    compare_to: str | None,
-    parity_sample: int,
-    screen: int | None,
-    human_source: str,
-    goqa_file: Path | None,
-    show_items: bool,
-    no_progress: bool,
-    allow_failed_engine: bool,
-    verify_engine: str,
-) -> None:
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="auto|ADDRESS",
+    default=None,
+    help="Score on Ray workers (needs cvs-eval[ray]): 'auto' joins the running cluster or "
+    "starts a private one on 127.0.0.1; ADDRESS (host:port) joins that cluster. Results go "
+    "to the same run folder as a local run (resume works across both).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--ray: workers, each holding one engine [default: one per --gpus-per-worker GPUs, "
+    "else one per node].",
+)
+@click.option(
+    "--cpus-per-worker",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--ray: CPUs (threads) per worker [default: 1 with GPUs, else the node's CPUs, or the "
+    "cluster's CPUs shared among --workers].",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="--ray: GPUs per worker (a request the cluster cannot hold fails within 30 s).",
+)
+@click.option(
+    "--ray-ship-engine",
+    is_flag=True,
+    help="--ray: send the engine's files to the workers through Ray's object store instead of "
+    "reading --engines on each node (for engines small enough to hold in memory).",
+)
+def run(**options: Any) -> None:
     """Ask MODEL the WVS value questions and compare its answers with each country's.
 
     Each item is one forward pass: the option letters' probabilities at the answer position,
@@ -287,122 +295,91 @@ def run(
       cvs-eval --model tiny-yi --condition image --images flags --country JPN
       cvs-eval --engine ort --precision int8-wo --compare-to ort/fp32 --out runs/int8
       cvs-eval --engine trt --model yi34b --weights /models/llava-v1.6-34b-hf
+      cvs-eval --engine ort --ray auto --workers 2  # on Ray (a private local cluster if none)
     """
-    from cvs_evaluator.run_pipeline import RunRequest, execute
-    from cvs_runtime.budgets import Budgets, default_budgets
+    from cvs_evaluator.run_checks import check_request
+    from cvs_evaluator.run_pipeline import execute
 
     try:
-        defaults = default_budgets()
-        budgets = Budgets(
-            image_cache_bytes=_given(image_cache_bytes, defaults.image_cache_bytes, no_cache),
-            prefix_cache_bytes=_given(prefix_cache_bytes, defaults.prefix_cache_bytes, no_cache),
-            activation_bytes=_given(activation_bytes, defaults.activation_bytes),
-            max_batch=batch_size or 64,
-        )
-        request = RunRequest(
-            model=model, engine=engine, engines_root=engines_root, precision=precision,
-            weights=weights, conditions=conditions, countries=countries, questions=questions,
-            per_section=None if all_questions else per_section, images=images,
-            include_uninformative_images=include_uninformative_images,
-            out=out or Path("runs") / f"{model}-{engine}-{precision}", fresh=fresh,
-            compare_to=compare_to, parity_sample=parity_sample, screen=screen,
-            human_source=human_source, goqa_file=goqa_file, batch_size=batch_size or 8,
-            budgets=budgets, share_weight_pages=share_weight_pages,
-            allow_failed_engine=allow_failed_engine, verify_engine=verify_engine,
-            progress=not no_progress,
-            show_items=show_items,
-        )  # fmt: skip
-        check_request(request)
+        request = run_request(options)
+        check_request(request)  # before anything loads, even where execute is replaced
         execute(request, click.echo)
     except _user_errors() as error:
         raise _one_line(error) from error
 
 
-def check_request(request: RunRequest) -> None:
-    """Refuse, in one line naming the flag, every mistake in a `RunRequest` that can be found
-    without loading a model or an engine: without this, some were found only after the model
-    loaded, and a read-only --out only after the first batch was scored. Side-effect free: the
-    --out probe removes what it created. `execute` keeps its own guards for library callers."""
-    from cvs_evaluator import scorers
-    from cvs_evaluator.countries import UnknownCountry, country
-    from cvs_evaluator.evaluate import select_questions
-    from cvs_evaluator.questions import load_question_bank
-    from cvs_export.cli import check_writable_folder
-    from cvs_families.paths import data_dir
-    from cvs_families.registry import UnknownFamilyError, get_family
+def run_request(options: dict[str, Any]) -> RunRequest:
+    """`run`'s parsed options as the `RunRequest` the library runs: defaults that depend on
+    other options resolved, the byte budgets built, the Ray flags checked."""
+    from cvs_evaluator.run_pipeline import RunRequest
+    from cvs_runtime.budgets import Budgets, default_budgets
 
-    try:
-        spec = get_family(request.model)
-    except UnknownFamilyError as error:
-        raise _naming("--model", error) from None
-    try:
-        scorers.check_precision(request.engine, request.precision)
-    except ValueError as error:
-        raise _naming("--precision", error) from None
-    targets = [(request.engine, request.precision)]
-    if request.compare_to not in (None, "none"):
-        try:
-            targets.append(scorers.parse_compare_to(request.compare_to))
-        except ValueError as error:
-            raise _naming("--compare-to", error) from None
-    images = [c for c in request.conditions if c != "text"]
-    if images and not spec.image_informative and not request.include_uninformative_images:
-        raise click.ClickException(
-            f"--condition {'/'.join(images)}: {request.model}'s vision tower is random (no "
-            "vision weights can be had here), so it carries no information; pass "
-            "--include-uninformative-images to score it anyway"
-        )
-    if request.screen is not None and not images:
-        raise click.ClickException("--screen screens images: it needs an image condition")
-    if request.human_source == "goqa" and request.goqa_file is None:
-        raise click.ClickException(
-            "--human-source goqa needs --goqa-file FILE (GlobalOpinionQA's CSV)"
-        )
-    if request.human_source != "goqa" and request.goqa_file is not None:
-        raise click.ClickException("--goqa-file is read only with --human-source goqa")
-    data_dir()  # DataDirMissing: one line naming CVS_DATA
-    for code in request.countries:
-        try:
-            country(code)
-        except UnknownCountry as error:
-            raise _naming("--country", error) from None
-    if request.questions:
-        try:
-            select_questions(load_question_bank(), per_section=None, only=request.questions)
-        except ValueError as error:
-            raise _naming("--question", error) from None
-    if images and request.images != "flags" and not Path(request.images).exists():
-        raise click.ClickException(
-            f"--images {request.images}: no such folder or CSV file (give 'flags', a folder "
-            "<country>/<category>/<file>, or a Dollar Street CSV)"
-        )
-    for (engine, precision), flag in zip(targets, ("--engines", "--compare-to"), strict=False):
-        _check_engine_built(request, engine, precision, flag)
-    check_writable_folder(request.out, "--out", "run folder")
-
-
-def _check_engine_built(request: RunRequest, engine: str, precision: str, flag: str) -> None:
-    """One line with the build command when `engine` (not torch) has no engine to open."""
-    from cvs_runtime.engines import engine_folder
-
-    if engine == "torch":
-        return
-    root = request.engines_root
-    folder = engine_folder(root, engine, request.model, precision)
-    if (folder / "manifest.json").is_file():
-        return
-    build = "build-trt" if engine == "trt" else "build"
-    asked = f"--engines {root}" if flag == "--engines" else f"--compare-to {engine}/{precision}"
-    raise click.ClickException(
-        f"{asked}: no {precision} engine for {request.model} in {folder}: build it with "
-        f"`cvs-export {build} --engines {root} --model {request.model} --precision {precision}`"
+    given = dict(options)
+    defaults = default_budgets()
+    no_cache = given.pop("no_cache")
+    image, prefix = given.pop("image_cache_bytes"), given.pop("prefix_cache_bytes")
+    budgets = Budgets(
+        image_cache_bytes=_given(image, defaults.image_cache_bytes, no_cache),
+        prefix_cache_bytes=_given(prefix, defaults.prefix_cache_bytes, no_cache),
+        activation_bytes=_given(given.pop("activation_bytes"), defaults.activation_bytes),
+        max_batch=given["batch_size"] or 64,
     )
+    ray = _ray_settings(
+        given.pop("ray_address"), given.pop("workers"), given.pop("cpus_per_worker"),
+        given.pop("gpus_per_worker"), given.pop("ray_ship_engine"), given["engine"],
+    )  # fmt: skip
+    if given.pop("all_questions"):
+        given["per_section"] = None
+    model, engine, precision = given["model"], given["engine"], given["precision"]
+    given["out"] = given["out"] or Path("runs") / f"{model}-{engine}-{precision}"
+    given["batch_size"] = given["batch_size"] or 8
+    given["progress"] = not given.pop("no_progress")
+    return RunRequest(**given, budgets=budgets, ray=ray)
 
 
-def _naming(flag: str, error: Exception) -> click.ClickException:
-    """`error` as one line that names `flag` (prefixed unless the message already does)."""
-    message = str(error)
-    return click.ClickException(message if flag in message else f"{flag}: {message}")
+def _ray_settings(
+    address: str | None,
+    workers: int | None,
+    cpus: int | None,
+    gpus: float,
+    ship: bool,
+    engine: str,
+) -> RaySettings | None:
+    """`--ray` and its flags, checked: the worker flags mean nothing without it, and Ray must
+    be installed."""
+    import importlib.util
+
+    from cvs_evaluator.ray_run import RaySettings
+
+    given = [
+        flag
+        for flag, value in (
+            ("--workers", workers), ("--cpus-per-worker", cpus),
+            ("--gpus-per-worker", gpus or None), ("--ray-ship-engine", ship or None),
+        )
+        if value is not None
+    ]  # fmt: skip
+    if address is None:
+        if given:
+            raise click.ClickException(
+                f"{given[0]} sets up Ray workers: it needs --ray auto|ADDRESS"
+            )
+        return None
+    if address != "auto" and not re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d{1,5}", address):
+        raise click.ClickException(
+            f"--ray {address!r}: give 'auto' or a cluster address HOST:PORT (e.g. "
+            "10.0.0.5:6379, what `ray start --head` printed; ray://HOST:10001 for Ray Client)"
+        )
+    if ship and engine == "torch":
+        raise click.ClickException(
+            "--ray-ship-engine ships an engine folder: --engine torch has none (its workers "
+            "read --weights, or build the tiny checkpoints themselves)"
+        )
+    if importlib.util.find_spec("ray") is None:
+        raise click.ClickException(
+            "--ray needs Ray, which is not installed: pip install 'cvs-eval[ray]'"
+        )
+    return RaySettings(address, workers, cpus, gpus, ship)
 
 
 def _given(value: int | None, default: int, off: bool = False) -> int:
@@ -413,6 +390,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's to fix: one line each, exit status 1."""
     from cvs_evaluator.countries import UnknownCountry
     from cvs_evaluator.errors import DataError
+    from cvs_evaluator.ray_run import RayUnitFailed
     from cvs_families.checkpoint_facts import CheckpointError
     from cvs_families.paths import DataDirMissing
     from cvs_families.registry import UnknownFamilyError
@@ -422,7 +400,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (
         DataError, DataDirMissing, CheckpointError, UnknownFamilyError, UnknownCountry,
         GpuProviderError, TensorRTUnavailable, BackendUnavailable, MissingSuffixPart, ValueError,
-        FileNotFoundError, OSError,
+        FileNotFoundError, OSError, RayUnitFailed,
     )  # fmt: skip
 
 
@@ -465,6 +443,14 @@ def repair(run_dir: Path) -> None:
     except _user_errors() as error:
         raise _one_line(error) from error
 
+
+def _register_prompts() -> None:
+    from cvs_evaluator.cli_prompts import prompts
+
+    main.add_command(prompts)
+
+
+_register_prompts()
 
 if __name__ == "__main__":
     sys.exit(main())

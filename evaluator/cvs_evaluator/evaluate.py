@@ -19,7 +19,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cvs_evaluator.aggregate import permutation_tests, question_similarities, section_means
+from cvs_evaluator.aggregate import (
+    percent_change,
+    permutation_tests,
+    question_similarities,
+    section_means,
+)
 from cvs_evaluator.baselines import section_baselines
 from cvs_evaluator.images import ImageSkipped
 from cvs_evaluator.metrics import item_similarities
@@ -36,8 +41,8 @@ from cvs_evaluator.results import ResultRow, ResultStore, model_long
 
 if TYPE_CHECKING:
     from cvs_evaluator.images import ImageRecord, SkippedImage
+    from cvs_families.requests import ScoredItem, ScoringRequest
     from cvs_families.spec import FamilySpec, PreparedImage
-    from cvs_runtime.requests import ScoredItem, ScoringRequest
 
 ScoredBatches = Iterable[tuple[Sequence[int], Sequence["ScoredItem"]]]
 """(request indices, their scored items) per finished batch, in any order."""
@@ -179,12 +184,58 @@ class ScoringLog:
     """The check of the first batch scored (None: nothing was scored)."""
 
 
+PreparedUnits = Iterator[tuple[list[PromptItem], list["ScoringRequest"]]]
+"""Work units with their requests, built as they are pulled (one prepared image at a time)."""
+UnitBatches = Iterator[tuple[list[PromptItem], Sequence[int], Sequence["ScoredItem"]]]
+"""(a unit's items, indices into them, their scored items) per finished batch, in any order."""
+
+
+class UnitDispatch(Protocol):
+    """Where a run's work units are scored: this process (`LocalDispatch`) or a Ray cluster
+    (`cvs_evaluator.ray_run.RayDispatch`). The writer (`run_evaluation`) stays in this process."""
+
+    def split(self, items: Sequence[PromptItem]) -> list[list[PromptItem]]:
+        """The pending items as work units, in the order they are handed out."""
+        ...
+
+    def __call__(self, units: PreparedUnits) -> UnitBatches:
+        """Score the units as they are pulled; yield each batch when it is done."""
+        ...
+
+    def status(self) -> str:
+        """A short line for the progress bar (per worker progress), or ""."""
+        ...
+
+
+class LocalDispatch:
+    """Scores in this process: one unit per image (all text items together), so the scorer
+    groups, caches and batches within it."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    def split(self, items: Sequence[PromptItem]) -> list[list[PromptItem]]:
+        units: dict[str, list[PromptItem]] = {}
+        for item in items:
+            units.setdefault(item.image_id, []).append(item)
+        return list(units.values())
+
+    def __call__(self, units: PreparedUnits) -> UnitBatches:
+        for unit, requests in units:
+            for indices, scored in self.scorer(requests):
+                yield unit, indices, scored
+
+    def status(self) -> str:
+        return ""
+
+
 def run_evaluation(
     settings: EvalSettings,
     items: Sequence[PromptItem],
     store: ResultStore,
     *,
-    scorer: Scorer,
+    scorer: Scorer | None = None,
+    dispatch: UnitDispatch | None = None,
     tokenizer: Any,
     spec: FamilySpec,
     prepare_image: Callable[[str], PreparedImage],
@@ -197,68 +248,92 @@ def run_evaluation(
 ) -> int:
     """Score the items not yet in `store`; returns how many were scored now.
 
-    Work goes to the scorer one image at a time (the text items together), so at most one
-    prepared image is held and the scorer can group, cache and batch within it; each batch is
-    written to the store as soon as the scorer yields it (a crash loses at most the batch in
-    flight). `row_identity(item)`: what identifies the weights, engine, image and scoring in
-    each row (`row_identity`); `done`: item ids to skip (default: the store's); `clock` times
-    prompt building and image preprocessing.
+    The pending items are split into work units by `dispatch` (default: `LocalDispatch` on
+    `scorer`, one unit per image, the text items together), each unit's image prepared once as
+    the unit is handed out (at most one prepared image per unit in flight); each batch is
+    written to the store by this process as soon as it is scored (a crash loses at most the
+    batches in flight). `row_identity(item)`: what identifies the weights, engine, image and
+    scoring in each row (`row_identity`); `done`: item ids to skip (default: the store's);
+    `clock` times prompt building and image preprocessing.
 
     The first batch is checked before it is stored (`output_guard.check_first_batch`: uniform
     over `spec.vocab_size` or NaN/inf raises `DegenerateOutputError`, naming `engine_folder`
     to verify), later ones for NaN/inf. With a `log`, an image `prepare_image` rejects
     (`ImageSkipped`) is recorded there and its items left out; without one it is raised."""
+    if dispatch is None:
+        if scorer is None:
+            raise ValueError("run_evaluation needs a scorer or a dispatch")
+        dispatch = LocalDispatch(scorer)
     done = store.done_ids() if done is None else done
-    clock = clock or _NoClock()
+    timing = clock or _NoClock()
     who = f"{settings.model} on {settings.engine}/{settings.precision}"
     remedy = (
         f"run `cvs-export verify {engine_folder}`"
         if engine_folder is not None
         else "check the checkpoint the weights were loaded from"
     )
-    checked = False
-    units: dict[str, list[PromptItem]] = {}
-    for item in items:
-        if item.item_id not in done:
-            units.setdefault(item.image_id, []).append(item)
-    todo = sum(len(unit) for unit in units.values())
+    units = dispatch.split([item for item in items if item.item_id not in done])
+    todo = sum(len(unit) for unit in units)
     bar = tqdm(total=todo, unit="item", disable=not progress, desc=f"{settings.model}")
-    for image_id, unit in units.items():
-        prepared = None
-        if image_id:
+
+    def skip(unit: list[PromptItem], skipped: ImageSkipped) -> None:
+        nonlocal todo
+        if log is None:
+            raise skipped
+        log.skipped_images.append(skipped.skipped)
+        todo -= len(unit)
+        bar.total = todo
+
+    prepared = _prepared_units(units, tokenizer, spec, prepare_image, timing, skip)
+    checked = False
+    for unit, indices, scored in dispatch(prepared):
+        logprobs = [result.scores.option_logprobs for result in scored]
+        ids = [unit[i].item_id for i in indices]
+        if not checked and logprobs:  # the first batch with items in it
+            check = check_first_batch(
+                logprobs, spec.vocab_size, who=who, remedy=remedy, item_ids=ids
+            )
+            checked = True
+            if log is not None:
+                log.output_check = check
+        else:
+            check_finite(logprobs, who=who, remedy=remedy, item_ids=ids)
+        store.append(
+            _row(settings, unit[i], result, row_identity(unit[i]))
+            for i, result in zip(indices, scored, strict=True)
+        )
+        bar.update(len(scored))
+        status = dispatch.status()
+        if status:
+            bar.set_postfix_str(status, refresh=False)
+    bar.close()
+    return todo
+
+
+def _prepared_units(
+    units: Sequence[list[PromptItem]],
+    tokenizer: Any,
+    spec: FamilySpec,
+    prepare_image: Callable[[str], PreparedImage],
+    timing: StageTiming,
+    skip: Callable[[list[PromptItem], ImageSkipped], None],
+) -> PreparedUnits:
+    """Each unit with its requests, its image prepared once when the unit is pulled; a unit
+    whose image `prepare_image` rejects goes to `skip` instead."""
+    for unit in units:
+        image = None
+        if unit[0].image_id:
             try:
-                with clock.timed("image_preprocess"):
-                    prepared = prepare_image(image_id)
+                with timing.timed("image_preprocess"):
+                    image = prepare_image(unit[0].image_id)
             except ImageSkipped as skipped:
-                if log is None:
-                    raise
-                log.skipped_images.append(skipped.skipped)
-                todo -= len(unit)
-                bar.total = todo
+                skip(unit, skipped)
                 continue
         requests = []
         for item in unit:
-            with clock.timed("prompt"):
-                requests.append(to_request(item, tokenizer, spec, prepared))
-        for indices, scored in scorer(requests):
-            logprobs = [result.scores.option_logprobs for result in scored]
-            ids = [unit[i].item_id for i in indices]
-            if not checked and logprobs:  # the first batch with items in it
-                check = check_first_batch(
-                    logprobs, spec.vocab_size, who=who, remedy=remedy, item_ids=ids
-                )
-                checked = True
-                if log is not None:
-                    log.output_check = check
-            else:
-                check_finite(logprobs, who=who, remedy=remedy, item_ids=ids)
-            store.append(
-                _row(settings, unit[i], result, row_identity(unit[i]))
-                for i, result in zip(indices, scored, strict=True)
-            )
-            bar.update(len(scored))
-    bar.close()
-    return todo
+            with timing.timed("prompt"):
+                requests.append(to_request(item, tokenizer, spec, image))
+        yield unit, requests
 
 
 SCORING_VARIANT = "letters-renorm-v1"
@@ -288,7 +363,7 @@ def row_identity(
 
 
 class StageTiming(Protocol):
-    """Times the evaluator's own stages (`run_pipeline.StageClock`)."""
+    """Times the evaluator's own stages (`run_scoring.StageClock`)."""
 
     def timed(self, stage: str) -> AbstractContextManager[None]: ...
 
@@ -367,7 +442,7 @@ def condition_effects(
     tests = permutation_tests(
         question_similarities(items), bank.section_of(), condition_a, condition_b, seed=seed
     )
-    tests["percent_change"] = (tests["mean_b"] - tests["mean_a"]) / tests["mean_a"] * 100
+    tests["percent_change"] = percent_change(tests["mean_a"], tests["mean_b"])
     return tests
 
 

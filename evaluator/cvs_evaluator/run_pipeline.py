@@ -6,17 +6,15 @@ whole run; rows reused only under the same identity), screens the images when as
 what the store lacks, scores a sample on the comparison engine into `RUN/compare/`, and writes
 the reports, with `results.parquet` last. `rebuild_reports` writes the reports again from the
 stores, scoring nothing. Stage timings (prompt building, image preprocessing, the engine's
-stages, the metric) go to the latency report.
+stages, the metric) go to the latency report; scoring itself, local or on Ray, is
+`cvs_evaluator.run_scoring`.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cvs_evaluator import evaluate
+from cvs_evaluator import evaluate, run_scoring
 from cvs_evaluator.durable import write_json, write_text
 from cvs_evaluator.images import (
     ImageSkipped,
@@ -37,6 +35,7 @@ from cvs_evaluator.images import (
 )
 from cvs_evaluator.prompts import PROMPT_TEMPLATE_VERSION, Condition, PromptItem
 from cvs_evaluator.results_table import results_frame
+from cvs_evaluator.run_scoring import StageClock
 from cvs_evaluator.scorers import RunScorer
 from cvs_evaluator.skipped_images import (
     SKIPPED_FILE,
@@ -81,26 +80,11 @@ class RunRequest:
     share_weight_pages: bool = False
     allow_failed_engine: bool = False
     verify_engine: str = "cached"
+    ray: Any = None
+    """`cvs_evaluator.ray_run.RaySettings` to score on a Ray cluster; None: in this process."""
     progress: bool = True
     show_items: bool = False
     command_line: tuple[str, ...] = field(default_factory=lambda: tuple(sys.argv))
-
-
-@dataclass
-class StageClock:
-    """Seconds of every call of the evaluator's own stages."""
-
-    samples: dict[str, list[float]] = field(default_factory=dict)
-    """Stage → seconds per call."""
-
-    @contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        """Time one call of `stage`."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.samples.setdefault(stage, []).append(time.perf_counter() - start)
 
 
 def parity_sample(items: Sequence[PromptItem], size: int, seed: int = PARITY_SEED) -> list[str]:
@@ -120,79 +104,6 @@ def parity_sample(items: Sequence[PromptItem], size: int, seed: int = PARITY_SEE
         if len(chosen) == size:
             break
     return [items[i].item_id for i in sorted(chosen)]
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set so far (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def score_into(
-    folder: Any,
-    scorer: RunScorer,
-    items: Sequence[PromptItem],
-    settings: evaluate.EvalSettings,
-    *,
-    spec: Any,
-    prepare_image: Callable[[str], Any],
-    hashes: dict[str, str],
-    clock: StageClock,
-    progress: bool,
-    log: evaluate.ScoringLog | None = None,
-) -> dict[str, Any]:
-    """Score `items` not yet in the run folder's store; returns the run's timing record, with
-    the check of the first scored batch. Images that cannot be decoded go to `log`."""
-    log = evaluate.ScoringLog() if log is None else log
-    started = time.perf_counter()
-    stream = scorer.stream if scorer.scheduler is not None else _timed(scorer.stream, clock)
-    scored = evaluate.run_evaluation(
-        settings, items, folder.store, scorer=stream, tokenizer=scorer.tokenizer,
-        spec=spec, prepare_image=prepare_image, progress=progress,
-        row_identity=evaluate.row_identity(
-            scorer.checkpoint_fingerprint, scorer.engine_manifest_sha256, hashes
-        ),
-        done=folder.done_ids(hashes), clock=clock, log=log,
-        engine_folder=scorer.manifest_path.parent if scorer.manifest_path else None,
-    )  # fmt: skip
-    wall = time.perf_counter() - started
-    stages = dict(clock.samples)
-    caches: dict[str, dict[str, float]] = {}
-    if scorer.scheduler is not None:
-        for stage, samples in scorer.scheduler.times.samples.items():
-            if samples:
-                stages[stage] = list(samples)
-        for cache in (scorer.scheduler.image_cache, scorer.scheduler.prefix_cache):
-            stats = cache.stats
-            caches[cache.name] = {
-                "hits": stats.hits, "misses": stats.misses, "evictions": stats.evictions,
-                "peak_bytes": stats.peak_bytes, "budget_bytes": cache.budget_bytes,
-            }  # fmt: skip
-    return {
-        "stages": stages,
-        "items": scored,
-        "wall_seconds": wall,
-        "caches": caches,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "output_check": None if log.output_check is None else log.output_check.to_json(),
-        "verification": None if scorer.verification is None else scorer.verification.to_json(),
-    }
-
-
-def _timed(stream: evaluate.Scorer, clock: StageClock) -> evaluate.Scorer:
-    """`stream` with each batch's scoring timed as the `score` stage (the PyTorch reference has
-    no stages of its own)."""
-
-    def timed(requests: Sequence[Any]) -> Iterator[Any]:
-        batches = iter(stream(requests))
-        while True:
-            start = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                return
-            clock.samples.setdefault("score", []).append(time.perf_counter() - start)
-            yield batch
-
-    return timed
 
 
 def identity_of(model: str, scorer: RunScorer) -> Any:
@@ -266,51 +177,29 @@ def human_shares(source: str, goqa_file: Path | None, bank: Any) -> tuple[pd.Dat
 def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
     """Run `request` into its run folder; returns the folder."""
     from cvs_evaluator import scorers, terminal
-    from cvs_evaluator.countries import STUDY_COUNTRIES, country
     from cvs_evaluator.questions import load_question_bank
+    from cvs_evaluator.run_checks import check_request
     from cvs_evaluator.run_folder import open_run
     from cvs_families.registry import get_family
 
+    check_request(request)  # the CLI's refusals, for library callers too
     spec = get_family(request.model)
-    scorers.check_precision(request.engine, request.precision)
     compare_to, skipped_because = _compare_target(request, echo)
     image_conditions = [c for c in request.conditions if c != "text"]
-    if image_conditions and not spec.image_informative and not request.include_uninformative_images:
-        raise ValueError(
-            f"{request.model}'s vision tower is random (no vision weights can be had here), so "
-            f"the {'/'.join(image_conditions)} condition carries no information; pass "
-            "--include-uninformative-images to score it anyway"
-        )
-    if request.screen is not None and not image_conditions:
-        raise ValueError("--screen screens images: it needs an image condition")
     clock = StageClock()
     bank = load_question_bank()
     shares, unmatched = human_shares(request.human_source, request.goqa_file, bank)
     for line in unmatched:
         echo(line)
-    present = set(shares["country"])
-    wanted = [country(code).iso3 for code in request.countries] or list(STUDY_COUNTRIES)
-    missing = [code for code in wanted if code not in present]
-    if missing and "text" in request.conditions:
-        echo(f"not in the survey data (left out, never substituted): {', '.join(missing)}")
-        wanted = [code for code in wanted if code in present]
+    wanted = _wanted_countries(request, set(shares["country"]), echo)
     chosen = evaluate.select_questions(
         bank, per_section=request.per_section, only=request.questions
     )
     image_set = image_source(request.images) if image_conditions else None
-    # The images of the wanted countries: the only ones checked, hashed, screened and scored.
-    records = tuple(r for r in image_set.records if r.country in wanted) if image_set else ()
-    skipped: list[SkippedImage] = []
-    sizes: dict[str, tuple[int, int]] = {}
-    if image_set is not None:  # every header, before the model loads
-        checked = check_images(records, image_set.root)
-        skipped = [s for s in image_set.skipped if s.record.country in wanted] + checked.skipped
-        sizes = checked.sizes
-    candidates = {r.id for r in records} | {s.record.id for s in skipped}
+    records, skipped, sizes, candidates = _checked_images(image_set, wanted)
     has_text = "text" in request.conditions
-    records = tuple(r for r in records if r.id in sizes)
     refuse_if_all_skipped(candidates, skipped, has_text=has_text)
-    scorer = _scorer(request, request.engine, request.precision, spec)
+    scorer = run_scoring.run_scorer(request, spec)
     if compare_to is not None:  # before any scoring: both sides must score one checkpoint
         scorers.check_same_checkpoint(
             scorer, compare_to, spec, request.weights, request.engines_root
@@ -341,18 +230,16 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
             request, wanted, [q.id for q in chosen], items, scorer, skipped_because
         )
         write_json(run.path / SETTINGS_FILE, record)
-        if scorer.scheduler is not None:  # every group against the budgets, before scoring
-            evaluate.check_budgets(items, scorer.tokenizer, spec, sizes, scorer.scheduler)
+        prepare = image_preparer(image_set, spec) if image_set else no_images
+        log = evaluate.ScoringLog(skipped_images=skipped)  # decoding failures join the list
         echo(
             f"{request.model} on {request.engine}/{request.precision}: {len(items)} items "
             f"({len(chosen)} questions × {len(wanted)} countries × "
             f"{', '.join(request.conditions)}) → {run.path}"
         )
-        prepare = image_preparer(image_set, spec) if image_set else no_images
-        log = evaluate.ScoringLog(skipped_images=skipped)  # decoding failures join the list
-        timings: dict[str, Any] = {"run": score_into(
-            run, scorer, items, settings, spec=spec, prepare_image=prepare, hashes=hashes,
-            clock=clock, progress=request.progress, log=log,
+        timings: dict[str, Any] = {"run": _score_run(
+            request, run, scorer, items, settings, spec=spec, prepare=prepare, hashes=hashes,
+            sizes=sizes, clock=clock, log=log, echo=echo,
         ), "compare": None}  # fmt: skip
         if scorer.scheduler is not None:
             terminal.print_stage_times(scorer.scheduler)
@@ -375,6 +262,65 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
     return run.path
 
 
+def _score_run(
+    request: RunRequest,
+    run: Any,
+    scorer: RunScorer,
+    items: Sequence[PromptItem],
+    settings: evaluate.EvalSettings,
+    *,
+    spec: Any,
+    prepare: Callable[[str], Any],
+    hashes: dict[str, str],
+    sizes: dict[str, tuple[int, int]],
+    clock: StageClock,
+    log: evaluate.ScoringLog,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """Score what the run's store lacks, here or on Ray workers, every group first checked
+    against the engine's budgets; returns the run's timing record."""
+    with run_scoring.dispatch_for(request, scorer, echo) as dispatch:
+        if dispatch is not None:
+            dispatch.check_budgets(items, sizes)
+        elif scorer.scheduler is not None:
+            evaluate.check_budgets(items, scorer.tokenizer, spec, sizes, scorer.scheduler)
+        return run_scoring.score_into(
+            run, scorer, items, settings, spec=spec, prepare_image=prepare, hashes=hashes,
+            clock=clock, log=log, dispatch=dispatch,
+            progress=request.progress and (dispatch is None or sys.stderr.isatty()),
+        )  # fmt: skip
+
+
+def _wanted_countries(
+    request: RunRequest, present: set[str], echo: Callable[[str], None]
+) -> list[str]:
+    """ISO3 codes asked for (default: the study's); for a text condition, those the survey data
+    lacks are left out, with one line saying so (never substituted)."""
+    from cvs_evaluator.countries import STUDY_COUNTRIES, country
+
+    wanted = [country(code).iso3 for code in request.countries] or list(STUDY_COUNTRIES)
+    missing = [code for code in wanted if code not in present]
+    if missing and "text" in request.conditions:
+        echo(f"not in the survey data (left out, never substituted): {', '.join(missing)}")
+        wanted = [code for code in wanted if code in present]
+    return wanted
+
+
+def _checked_images(
+    image_set: Any, wanted: Sequence[str]
+) -> tuple[tuple[Any, ...], list[SkippedImage], dict[str, tuple[int, int]], set[str]]:
+    """(usable records, skipped images, sizes, every candidate id) of the wanted countries'
+    images: the only ones checked, hashed, screened and scored; every header is read here,
+    before the model loads."""
+    if image_set is None:
+        return (), [], {}, set()
+    records = tuple(r for r in image_set.records if r.country in wanted)
+    checked = check_images(records, image_set.root)
+    skipped = [s for s in image_set.skipped if s.record.country in wanted] + checked.skipped
+    candidates = {r.id for r in records} | {s.record.id for s in skipped}
+    return tuple(r for r in records if r.id in checked.sizes), skipped, checked.sizes, candidates
+
+
 def _compare_target(
     request: RunRequest, echo: Callable[[str], None]
 ) -> tuple[tuple[str, str] | None, str | None]:
@@ -394,47 +340,6 @@ def _compare_target(
     return ("torch", "fp32"), None
 
 
-def _scorer(request: RunRequest, engine: str, precision: str, spec: Any) -> RunScorer:
-    from cvs_evaluator import scorers
-
-    if engine == "torch":
-        return scorers.torch_scorer(spec, request.weights, request.batch_size)
-    with _hashing_bar(request.progress) as progress:
-        scorer = scorers.engine_scorer(
-            spec, request.weights, engine, request.engines_root, precision,
-            budgets=request.budgets, allow_failed_engine=request.allow_failed_engine,
-            share_weight_pages=request.share_weight_pages, verify=request.verify_engine,
-            verify_progress=progress,
-        )  # fmt: skip
-    if scorer.verification is not None and scorer.verification.files_hashed:
-        print(f"engine: {scorer.verification.line()}", file=sys.stderr)
-    return scorer
-
-
-@contextmanager
-def _hashing_bar(shown: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A byte progress bar for hashing the engine's files (shown once hashing starts)."""
-    if not shown:
-        yield None
-        return
-    from tqdm import tqdm
-
-    bars: list[Any] = []
-
-    def update(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="B", unit_scale=True, desc="verifying engine"))
-        bars[0].total = total
-        bars[0].n = done
-        bars[0].refresh()
-
-    try:
-        yield update
-    finally:
-        for bar in bars:
-            bar.close()
-
-
 def _screen(
     request: RunRequest,
     spec: Any,
@@ -451,7 +356,7 @@ def _screen(
 
     reference = scorer.reference
     if reference is None:
-        reference = _scorer(request, "torch", "fp32", spec).reference
+        reference = run_scoring.open_scorer(request, "torch", "fp32", spec).reference
     prepare = image_preparer(image_set, spec)
     pairs = []
     for record in records:
@@ -508,14 +413,14 @@ def _compare(
     sample = set(parity_sample(items, request.parity_sample))
     chosen = [item for item in items if item.item_id in sample]
     echo(f"parity: {len(chosen)} item(s) on {engine}/{precision} → {run.path / 'compare'}")
-    scorer = _scorer(request, engine, precision, spec)
+    scorer = run_scoring.open_scorer(request, engine, precision, spec)
     twin = evaluate.EvalSettings(
         model=settings.model, engine=engine, precision=precision,
         conditions=settings.conditions, countries=settings.countries,
         batch_size=settings.batch_size, images=settings.images,
     )  # fmt: skip
     with run.compare(identity_of(request.model, scorer), fresh=request.fresh) as folder:
-        return score_into(
+        return run_scoring.score_into(
             folder, scorer, chosen, twin, spec=spec, prepare_image=prepare, hashes=hashes,
             clock=StageClock(), progress=request.progress,
             log=evaluate.ScoringLog(skipped_images=log.skipped_images),

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvs_evaluator.evaluate import Scorer
+from cvs_runtime.engines import ENGINE_KINDS
 
 if TYPE_CHECKING:
     from cvs_runtime.verification import VerificationReport
 
-ENGINES = ("torch", "ort", "ort-cuda", "ort-trt", "trt")
-"""What `--engine` accepts: the PyTorch reference and the runtime's backends."""
+ENGINES = ("torch", *ENGINE_KINDS)
+"""What `--engine` accepts: the PyTorch reference and the runtime's engine kinds."""
 TORCH_PRECISIONS = ("fp32",)
 """What `--engine torch` runs: the reference is fp32; other precisions are engines'."""
 
@@ -36,8 +37,9 @@ class RunScorer:
     """`torch`, `ort`, `ort-cuda`, `ort-trt` or `trt`."""
     precision: str
     """The precision it runs."""
-    stream: Scorer
-    """Scores a run's requests batch by batch."""
+    stream: Scorer | None
+    """Scores a run's requests batch by batch; None for a Ray driver's view of a scorer its
+    workers open (`scorer_identity`)."""
     tokenizer: Any
     """The checkpoint's tokenizer."""
     checkpoint_fingerprint: str
@@ -54,6 +56,22 @@ class RunScorer:
     """Engines: what the content check of the engine's files did before scoring (files hashed
     or taken from the verification record, bytes, seconds; `.line()` for a report); None for
     torch."""
+
+
+def scheduler_report(scheduler: Any) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """(seconds of every call per stage, statistics per cache) of an engine's scheduler, as
+    plain data for the latency report; empty for None (the PyTorch reference)."""
+    if scheduler is None:
+        return {}, {}
+    stages = {stage: list(s) for stage, s in scheduler.times.samples.items() if s}
+    caches: dict[str, dict[str, float]] = {}
+    for cache in (scheduler.image_cache, scheduler.prefix_cache):
+        stats = cache.stats
+        caches[cache.name] = {
+            "hits": stats.hits, "misses": stats.misses, "evictions": stats.evictions,
+            "peak_bytes": stats.peak_bytes, "budget_bytes": cache.budget_bytes,
+        }  # fmt: skip
+    return stages, caches
 
 
 def check_precision(engine: str, precision: str) -> None:
@@ -108,6 +126,7 @@ def engine_scorer(
     share_weight_pages: bool = False,
     verify: str = "cached",
     verify_progress: Callable[[int, int], None] | None = None,
+    threads: int = 0,
 ) -> RunScorer:
     """An engine built by `cvs-export build` under `root`, behind the runtime's scheduler.
 
@@ -117,10 +136,55 @@ def engine_scorer(
     content is checked against the manifest before anything is opened, as `verify` says
     (`always`, `cached`, `off`: cvs_runtime.verification); `verify_progress` is called with
     (bytes hashed, bytes to hash) while hashing, and the report is the scorer's `verification`.
+    `threads`: onnxruntime's threads per operator (0: one per core).
     """
+    from cvs_runtime.engines import EngineScorer, open_engine
+
+    view = _engine_view(
+        spec, weights, engine, root, precision, verify=verify, verify_progress=verify_progress,
+        allow_failed_engine=allow_failed_engine,
+    )  # fmt: skip
+    # Content verified by the view: the backend repeats the cheap checks only (no second hash).
+    parts = open_engine(
+        engine, view.manifest_path.parent, share_weight_pages=share_weight_pages, verify="off",
+        threads=threads, **view.checks,
+    )  # fmt: skip
+    scorer = EngineScorer(
+        parts,
+        spec,
+        pad_token_id=view.pad_token_id,
+        budgets=budgets,
+        engine_id=view.scorer.engine_manifest_sha256,
+    )
+    view.scorer.stream = scorer.stream
+    view.scorer.scheduler = scorer.scheduler
+    return view.scorer
+
+
+@dataclass
+class _EngineView:
+    scorer: RunScorer
+    manifest_path: Path
+    checks: dict[str, Any]
+    pad_token_id: int
+
+
+def _engine_view(
+    spec: Any,
+    weights: Path | None,
+    engine: str,
+    root: Path,
+    precision: str,
+    *,
+    verify: str,
+    verify_progress: Callable[[int, int], None] | None = None,
+    allow_failed_engine: bool = False,
+) -> _EngineView:
+    """The engine's manifest checked (and its files' content as `verify` says) and its scoring
+    files opened: everything but the graphs."""
     from cvs_families.checkpoint_facts import checkpoint_fingerprint
     from cvs_runtime.engine_manifest import verified_engine
-    from cvs_runtime.engines import EngineScorer, engine_folder, open_engine
+    from cvs_runtime.engines import engine_folder
     from cvs_runtime.scoring_files import open_scoring_files
 
     folder = engine_folder(root, engine, spec.name, precision)
@@ -144,28 +208,48 @@ def engine_scorer(
         folder, verify=verify, verify_progress=verify_progress, **checks
     )
     scoring = open_scoring_files(folder, manifest, spec, engines_root=root)
-    # Content verified just above: the backend repeats the cheap checks only (no second hash).
-    parts = open_engine(
-        engine, folder, share_weight_pages=share_weight_pages, verify="off", **checks
-    )
-    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
-    scorer = EngineScorer(
-        parts,
-        spec,
-        pad_token_id=scoring.facts.pad_token_id,
-        budgets=budgets,
-        engine_id=manifest_sha,
-    )
-    return RunScorer(
+    scorer = RunScorer(
         engine=engine,
         precision=precision,
-        stream=scorer.stream,
+        stream=None,
         tokenizer=scoring.tokenizer,
         checkpoint_fingerprint=manifest.checkpoint_fingerprint,
-        engine_manifest_sha256=manifest_sha,
+        engine_manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
         manifest_path=manifest_path,
-        scheduler=scorer.scheduler,
         verification=verification,
+    )
+    return _EngineView(scorer, manifest_path, checks, scoring.facts.pad_token_id)
+
+
+def scorer_identity(
+    spec: Any,
+    weights: Path | None,
+    engine: str,
+    root: Path,
+    precision: str,
+    *,
+    allow_failed_engine: bool = False,
+) -> RunScorer:
+    """What a Ray driver needs of the scorer its workers open, without loading any weights:
+    the tokenizer, the checkpoint's fingerprint and, for an engine, its manifest (checked, the
+    files' content left to the workers that open them) and scoring files. `stream` is None."""
+    if engine != "torch":
+        return _engine_view(
+            spec, weights, engine, root, precision, verify="off",
+            allow_failed_engine=allow_failed_engine,
+        ).scorer  # fmt: skip
+    from cvs_runtime.errors import require
+
+    require("transformers", extra="export", purpose="--engine torch (the PyTorch reference)")
+    from cvs_families.checkpoint import checkpoint_fingerprint, ensure_checkpoint, load_tokenizer
+
+    checkpoint = ensure_checkpoint(spec, weights)
+    return RunScorer(
+        engine="torch",
+        precision="fp32",
+        stream=None,
+        tokenizer=load_tokenizer(spec, checkpoint),
+        checkpoint_fingerprint=checkpoint_fingerprint(checkpoint),
     )
 
 

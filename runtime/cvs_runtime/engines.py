@@ -11,27 +11,19 @@ tensorrt; a missing library is reported by the backend that needs it.
 from __future__ import annotations
 
 import difflib
-import importlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cvs_families.requests import MASS_THRESHOLD, ScoredItem, ScoringRequest, judge_option_mass
 from cvs_runtime.errors import require
-from cvs_runtime.requests import MASS_THRESHOLD, ScoredItem, ScoringRequest, judge_option_mass
 from cvs_runtime.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from cvs_families.spec import FamilySpec
     from cvs_runtime.budgets import Budgets
     from cvs_runtime.parts import PartRunner
-
-ENGINE_BACKENDS: dict[str, str] = {
-    "ort": "cvs_runtime.engines:_open_ort_cpu",
-    "ort-cuda": "cvs_runtime.engines:_open_ort_gpu",
-    "ort-trt": "cvs_runtime.engines:_open_ort_gpu",
-    "trt": "cvs_runtime.engines:_open_trt",
-}
-"""Engine kind → "module:attr" of an opener `(kind, folder, **checks) -> PartRunner`."""
 
 
 class UnknownEngineError(KeyError):
@@ -45,7 +37,18 @@ def engine_folder(root: Path, kind: str, model: str, precision: str) -> Path:
     """Where `cvs-export build` puts an engine: `<root>/<model>/<precision>/` for onnxruntime
     (all three providers read the same ONNX files), `<root>/<model>/trt-<precision>/` for
     TensorRT plans."""
-    return root / model / (f"trt-{precision}" if kind == "trt" else precision)
+    return root / model / (engine_kind(kind).folder_prefix + precision)
+
+
+def engine_kind(name: str) -> EngineKind:
+    """The registered kind `name`; `UnknownEngineError` names the valid ones."""
+    if name not in ENGINE_KINDS:
+        close = difflib.get_close_matches(name, ENGINE_KINDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownEngineError(
+            f"unknown engine {name!r}{hint} (valid: {', '.join(ENGINE_KINDS)})"
+        )
+    return ENGINE_KINDS[name]
 
 
 def open_engine(
@@ -58,22 +61,16 @@ def open_engine(
     allow_failed_verdict: bool = False,
     share_weight_pages: bool = False,
     verify: str = "cached",
+    threads: int = 0,
 ) -> PartRunner:
     """The engine in `folder` on backend `kind`, after its manifest is checked against the
     family, precision and checkpoint asked for (a mismatch names the differing field) and its
     files' content as `verify` says (`always`, `cached`, `off`: cvs_runtime.verification; the
     report is the returned parts' `verification`); a lower-precision engine whose accuracy
     verdict failed is refused unless `allow_failed_verdict`. `share_weight_pages` turns
-    onnxruntime's weight prepacking off (`cvs_runtime.ort_backend.OrtSessionConfig`)."""
-    if kind not in ENGINE_BACKENDS:
-        close = difflib.get_close_matches(kind, ENGINE_BACKENDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownEngineError(
-            f"unknown engine {kind!r}{hint} (valid: {', '.join(ENGINE_BACKENDS)})"
-        )
-    module, attr = ENGINE_BACKENDS[kind].split(":")
-    opener: Callable[..., PartRunner] = getattr(importlib.import_module(module), attr)
-    return opener(
+    onnxruntime's weight prepacking off (`cvs_runtime.ort_backend.OrtSessionConfig`); `threads`
+    sets onnxruntime's threads per operator (0: one per core; a Ray worker gives its CPU share)."""
+    return engine_kind(kind).open(
         kind,
         Path(folder),
         family=family,
@@ -82,29 +79,66 @@ def open_engine(
         allow_failed_verdict=allow_failed_verdict,
         share_weight_pages=share_weight_pages,
         verify=verify,
+        threads=threads,
     )
 
 
-def _open_ort_cpu(kind: str, folder: Path, share_weight_pages: bool, **checks: Any) -> PartRunner:
-    require("onnxruntime", extra="cpu", purpose="--engine ort")
+def _open_ort_cpu(
+    kind: str, folder: Path, share_weight_pages: bool, threads: int, **checks: Any
+) -> PartRunner:
+    require("onnxruntime", extra=ENGINE_KINDS[kind].extra, purpose=f"--engine {kind}")
     from cvs_runtime.ort_backend import OrtParts, OrtSessionConfig
 
-    return OrtParts.open(folder, config=OrtSessionConfig(share_weight_pages), **checks)
+    config = OrtSessionConfig(share_weight_pages, intra_op_threads=threads)
+    return OrtParts.open(folder, config=config, **checks)
 
 
-def _open_ort_gpu(kind: str, folder: Path, share_weight_pages: bool, **checks: Any) -> PartRunner:
-    require("onnxruntime", extra="gpu", purpose=f"--engine {kind}")
+def _open_ort_gpu(
+    kind: str, folder: Path, share_weight_pages: bool, threads: int, **checks: Any
+) -> PartRunner:
+    require("onnxruntime", extra=ENGINE_KINDS[kind].extra, purpose=f"--engine {kind}")
     from cvs_runtime.ort_backend import OrtSessionConfig
     from cvs_runtime.ort_gpu import OrtGpuParts
 
-    config = OrtSessionConfig(share_weight_pages)
+    config = OrtSessionConfig(share_weight_pages, intra_op_threads=threads)
     return OrtGpuParts.open(folder, kind, config=config, **checks)  # type: ignore[arg-type]
 
 
-def _open_trt(kind: str, folder: Path, share_weight_pages: bool, **checks: Any) -> PartRunner:
+def _open_trt(
+    kind: str, folder: Path, share_weight_pages: bool, threads: int, **checks: Any
+) -> PartRunner:
     from cvs_runtime.trt_backend import TrtParts
 
     return TrtParts.open(folder, **checks)  # TensorRT engines hold their own weights
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """One `--engine` kind: how it is opened, where its folder is, what provides its library."""
+
+    name: str
+    open: Callable[..., PartRunner]
+    """`(kind, folder, *, share_weight_pages, threads, **manifest checks) -> PartRunner`; it
+    imports its library when called, so importing this module loads none of them."""
+    extra: str
+    """The `cvs-eval[…]` extra that installs its library."""
+    folder_prefix: str = ""
+    """An engine folder is `<root>/<model>/<prefix><precision>`."""
+    gpu: bool = False
+    """Whether it runs on a GPU."""
+
+
+ENGINE_KINDS: dict[str, EngineKind] = {
+    kind.name: kind
+    for kind in (
+        EngineKind("ort", _open_ort_cpu, extra="cpu"),
+        EngineKind("ort-cuda", _open_ort_gpu, extra="gpu", gpu=True),
+        EngineKind("ort-trt", _open_ort_gpu, extra="gpu", gpu=True),
+        EngineKind("trt", _open_trt, extra="trt", folder_prefix="trt-", gpu=True),
+    )
+}
+"""Every engine kind, in the order CLIs list them: the one registry `cvs-eval`, `cvs-doctor`
+and `open_engine` read."""
 
 
 class EngineScorer:

@@ -24,9 +24,9 @@ from cvs_evaluator.output_guard import (
 from cvs_evaluator.questions import QuestionBank, load_question_bank
 from cvs_evaluator.results import ResultStore
 from cvs_families.registry import get_family
+from cvs_families.requests import ScoredItem, ScoringRequest, judge_option_mass
+from cvs_families.scores import option_scores_from_logits
 from cvs_families.spec import FamilySpec
-from cvs_runtime.requests import ScoredItem, ScoringRequest, judge_option_mass
-from cvs_runtime.scores import option_scores_from_logits
 
 VOCAB = 2048
 UNIFORM = -math.log(VOCAB)  # −7.62: what a damaged engine gave for every option
@@ -227,18 +227,19 @@ def test_the_cli_refuses_a_degenerate_engine_in_one_line_and_records_a_passing_c
 ) -> None:
     """The PyTorch reference of tiny-yi, its batches replaced by constant logits: one `Error:`
     line and an empty store. The real reference: the check in timings.json and the report."""
-    from cvs_evaluator import run_pipeline
+    from cvs_evaluator import run_scoring
     from cvs_evaluator.scorers import RunScorer
 
     args = [
         "--model", "tiny-yi", "--engine", "torch", "--country", "DEU", "--question", "Q57",
         "--question", "Q58", "--no-progress", "--compare-to", "none",
     ]  # fmt: skip
-    real = run_pipeline._scorer
+    real = run_scoring.open_scorer
 
     def broken(*given: Any) -> RunScorer:
         scorer = real(*given)
         stream = scorer.stream
+        assert stream is not None  # a scorer opened in this process
 
         def uniform(requests: Sequence[ScoringRequest]) -> Any:
             for indices, _ in stream(requests):
@@ -250,7 +251,7 @@ def test_the_cli_refuses_a_degenerate_engine_in_one_line_and_records_a_passing_c
         scorer.stream = uniform
         return scorer
 
-    monkeypatch.setattr(run_pipeline, "_scorer", broken)
+    monkeypatch.setattr(run_scoring, "open_scorer", broken)
     out = tmp_path / "broken"
     result = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert result.exit_code == 1
@@ -259,7 +260,7 @@ def test_the_cli_refuses_a_degenerate_engine_in_one_line_and_records_a_passing_c
     assert "Traceback" not in result.output
     assert not list(ResultStore(out / "store.jsonl").rows())
 
-    monkeypatch.setattr(run_pipeline, "_scorer", real)
+    monkeypatch.setattr(run_scoring, "open_scorer", real)
     out = tmp_path / "working"
     result = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output

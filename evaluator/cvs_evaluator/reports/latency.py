@@ -46,6 +46,9 @@ class LatencyRecord:
     verification: dict[str, Any] | None = None
     """`VerificationReport.to_json()` of the engine's content check before scoring; None for
     the PyTorch reference (or a record that predates the check)."""
+    workers: list[dict[str, Any]] | None = None
+    """A `--ray` run: each worker's node, process, threads, items and items/s (a replaced
+    worker's place listed once, with its replacements); None for a run in one process."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain data (the inverse of `from_json`)."""
@@ -57,6 +60,7 @@ class LatencyRecord:
             "peak_rss_bytes": self.peak_rss_bytes,
             "output_check": None if self.output_check is None else dict(self.output_check),
             "verification": None if self.verification is None else dict(self.verification),
+            "workers": None if self.workers is None else [dict(w) for w in self.workers],
         }
 
     @classmethod
@@ -72,6 +76,7 @@ class LatencyRecord:
             peak_rss_bytes=int(data.get("peak_rss_bytes", 0)),
             output_check=data.get("output_check"),
             verification=data.get("verification"),
+            workers=data.get("workers"),
         )
 
 
@@ -83,7 +88,8 @@ def latency_summary(record: LatencyRecord) -> dict[str, Any]:
     "items_per_second" (null when no wall time), "caches": {name: {the record's fields,
     "hit_rate"}} (hits / (hits + misses); null when never asked), "peak_rss_bytes",
     "output_check" (the record's; null when nothing was scored), "verification" (the engine's
-    content check: files hashed or taken from the record, bytes, seconds; null for torch)}.
+    content check: files hashed or taken from the record, bytes, seconds; null for torch),
+    "workers" (a `--ray` run's workers; null for a run in one process)}.
     """
     order = [s for s in STAGES if s in record.stages]
     order += sorted(set(record.stages) - set(STAGES))
@@ -112,6 +118,7 @@ def latency_summary(record: LatencyRecord) -> dict[str, Any]:
         "peak_rss_bytes": record.peak_rss_bytes,
         "output_check": record.output_check,
         "verification": record.verification,
+        "workers": record.workers,
     }
 
 
