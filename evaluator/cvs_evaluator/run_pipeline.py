@@ -232,14 +232,14 @@ def execute(request: RunRequest, echo: Callable[[str], None]) -> Path:
         write_json(run.path / SETTINGS_FILE, record)
         prepare = image_preparer(image_set, spec) if image_set else no_images
         log = evaluate.ScoringLog(skipped_images=skipped)  # decoding failures join the list
-        echo(
+        announce = (
             f"{request.model} on {request.engine}/{request.precision}: {len(items)} items "
             f"({len(chosen)} questions × {len(wanted)} countries × "
             f"{', '.join(request.conditions)}) → {run.path}"
         )
         timings: dict[str, Any] = {"run": _score_run(
             request, run, scorer, items, settings, spec=spec, prepare=prepare, hashes=hashes,
-            sizes=sizes, clock=clock, log=log, echo=echo,
+            sizes=sizes, clock=clock, log=log, echo=echo, announce=announce,
         ), "compare": None}  # fmt: skip
         if scorer.scheduler is not None:
             terminal.print_stage_times(scorer.scheduler)
@@ -276,14 +276,17 @@ def _score_run(
     clock: StageClock,
     log: evaluate.ScoringLog,
     echo: Callable[[str], None],
+    announce: str,
 ) -> dict[str, Any]:
     """Score what the run's store lacks, here or on Ray workers, every group first checked
-    against the engine's budgets; returns the run's timing record."""
+    against the engine's budgets (then `announce` is echoed); returns the run's timing
+    record."""
     with run_scoring.dispatch_for(request, scorer, echo) as dispatch:
         if dispatch is not None:
             dispatch.check_budgets(items, sizes)
         elif scorer.scheduler is not None:
             evaluate.check_budgets(items, scorer.tokenizer, spec, sizes, scorer.scheduler)
+        echo(announce)
         return run_scoring.score_into(
             run, scorer, items, settings, spec=spec, prepare_image=prepare, hashes=hashes,
             clock=clock, log=log, dispatch=dispatch,
