@@ -100,7 +100,7 @@ bench: $(STAMP)
 # One process against Ray with 1 and 2 workers on the same items (bench/ray.md).
 bench-ray: $(STAMP)
 	$(BIN)/cvs-export build --if-missing --model smol --precision fp32
-	$(PY) -m cvs_evaluator.bench.ray_scaling --model smol --out bench/ray.md
+	$(PY) -m cvs_evaluator.bench.ray_scaling --model smol --countries 12 --out bench/ray.md
 
 # The edge install: `pip install '.[cpu]'` into its own environment (no torch, transformers or
 # onnx), then a run on an engine folder alone: $CVS_CACHE points at an empty folder, so no

@@ -51,15 +51,21 @@ def _measure(args: list[str], out: Path) -> dict[str, Any]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", default="smol", show_default=True)
 @click.option("--engines", type=click.Path(file_okay=False, path_type=Path), default="engines")
-@click.option("--countries", type=click.IntRange(min=2), default=8, show_default=True)
+@click.option(
+    "--countries",
+    type=click.IntRange(min=2),
+    default=8,
+    show_default=True,
+    help="The first N countries of the survey data (alphabetical ISO3).",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="bench/ray.md")
 def main(model: str, engines: Path, countries: int, out: Path) -> None:
     """Items/s of one process and of Ray with 1 and 2 workers on the same text items."""
     from cvs_evaluator.bench.machine import cpu_flags, cpu_model, gemm_ceilings
-    from cvs_evaluator.countries import STUDY_COUNTRIES
+    from cvs_evaluator.wvs import load_study_shares
 
     cores = os.cpu_count() or 1
-    chosen = list(STUDY_COUNTRIES)[:countries]
+    chosen = sorted(set(load_study_shares()["country"]))[:countries]  # all in the survey data
     base = [
         "--model", model, "--engine", "ort", "--engines", str(engines), "--per-section", "2",
         "--compare-to", "none", "--no-progress", *[a for c in chosen for a in ("--country", c)],
