@@ -444,8 +444,3 @@ def condition_effects(
     )
     tests["percent_change"] = percent_change(tests["mean_a"], tests["mean_b"])
     return tests
-
-
-def default_store_path(out_dir: Path, settings: EvalSettings) -> Path:
-    """`<out>/<model>-<engine>-<precision>.jsonl`: one store per model, engine and precision."""
-    return out_dir / f"{settings.model}-{settings.engine}-{settings.precision}.jsonl"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -62,11 +61,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "absent"
     return versions
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, streamed."""
-    return sha256_files({"file": Path(path)})["file"]
 
 
 def file_record(folder: Path, name: str) -> FileRecord:
@@ -266,11 +260,6 @@ def verify_engine(folder: Path) -> VerifyResult:
         seconds=time.perf_counter() - began,
         sealed=unsealed,
     )
-
-
-def python_command() -> str:
-    """The interpreter and arguments of this process (recorded with each build)."""
-    return " ".join([Path(sys.executable).name, *sys.argv[1:]])
 
 
 def seal_if_unsealed(folder: Path) -> bool:

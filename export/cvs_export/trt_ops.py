@@ -463,13 +463,6 @@ def check_graph_file(path: Path, support: TensorRTOpSupport | None = None) -> li
     return check_model(model, label=path.name, base_dir=path.parent, support=support)
 
 
-def check_graph_files(
-    files: Mapping[str, Path], support: TensorRTOpSupport | None = None
-) -> dict[str, list[OpViolation]]:
-    """Violations per part of an engine's graphs ({part: file})."""
-    return {part: check_graph_file(path, support) for part, path in files.items()}
-
-
 def enforce_supported(
     violations: Sequence[OpViolation], support: TensorRTOpSupport | None = None
 ) -> None:
